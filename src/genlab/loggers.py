@@ -1,0 +1,51 @@
+"""Logger factories that Hydra configs point at. wandb runs online when an API key is set up, else offline.
+
+An offline run writes `<save_dir>/wandb/offline-run-*` that `wandb sync <that folder>` uploads later; it
+never prompts for a login and never waits on the network.
+"""
+
+from __future__ import annotations
+
+import netrc
+import os
+from urllib.parse import urlparse
+
+from lightning.pytorch.loggers import WandbLogger
+
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+
+
+def wandb_api_key_available() -> bool:
+    """True if wandb would find an API key without asking: WANDB_API_KEY or a netrc entry for its host."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def resolve_wandb_mode(mode: str = "auto") -> str:
+    """`auto` -> WANDB_MODE if set, else `online` with an API key and `offline` without one."""
+    if mode not in WANDB_MODES:
+        raise ValueError(f"wandb mode must be one of {list(WANDB_MODES)}, got {mode!r}")
+    if mode != "auto":
+        return mode
+    env_mode = os.environ.get("WANDB_MODE")
+    if env_mode in ("online", "offline", "disabled", "dryrun"):
+        return "offline" if env_mode == "dryrun" else env_mode
+    return "online" if wandb_api_key_available() else "offline"
+
+
+def wandb_logger(mode: str = "auto", **kwargs) -> WandbLogger:
+    """A Lightning `WandbLogger` in the resolved mode; `kwargs` go to `WandbLogger` (and on to `wandb.init`)."""
+    return WandbLogger(mode=resolve_wandb_mode(mode), **kwargs)
+
+
+def finish_loggers(loggers: list, failed: bool = False) -> None:
+    """Close runs that outlive `Trainer.fit`: a wandb run must end before the next run of a multirun starts,
+    and an offline run's files are only complete once it has."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger) and logger._experiment is not None:
+            logger.experiment.finish(exit_code=1 if failed else 0)

@@ -1,0 +1,46 @@
+"""The contract every genlab model satisfies, so that evaluation never needs to know the family."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+
+@runtime_checkable
+class GenerativeModel(Protocol):
+    """What the evaluation callback and the sample grids rely on.
+
+    `sample(n, labels=None, generator=None)` returns (n, C, H, W) floats in [0, 1] on the module's device;
+    `labels` (n,) int64 is required when `num_classes > 0` and refused otherwise.
+    """
+
+    num_classes: int
+
+    def sample(self, n: int, labels: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor: ...
+
+
+def randn(shape: tuple[int, ...], device: torch.device, generator: torch.Generator | None = None) -> Tensor:
+    """Standard normal noise on `device`, drawn on the generator's own device so a seed gives the same noise
+    whatever device the model is on."""
+    source = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=source).to(device)
+
+
+def check_labels(num_classes: int, n: int, labels: Tensor | None) -> None:
+    """Raise a ValueError unless `labels` fit a model with `num_classes` classes (0: unconditional)."""
+    if num_classes == 0:
+        if labels is not None:
+            raise ValueError("this model is unconditional (num_classes=0): call sample() without labels")
+        return
+    if labels is None or labels.shape != (n,):
+        got = None if labels is None else tuple(labels.shape)
+        raise ValueError(f"a conditional model needs labels of shape ({n},), got {got}")
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(f"labels must be in [0, {num_classes - 1}], got values in [{labels.min()}, {labels.max()}]")
+
+
+def to_unit(x: Tensor) -> Tensor:
+    """Images in [-1, 1] (the models' range) -> [0, 1] (the contract's range), clamped."""
+    return ((x + 1) / 2).clamp(0, 1)

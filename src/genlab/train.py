@@ -1,0 +1,98 @@
+"""Training entry point: `python train.py model=vae data=mnist [trainer=cpu|gpu|ddp] [logger=csv|tensorboard|wandb]`.
+
+Everything is built from the composed Hydra config here (the only place that calls `instantiate`), in the
+order that lets bad input fail before anything is written: the checkpoint to resume from is checked
+first, then the data and model (whose constructors validate their arguments), then the loggers.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import hydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+if TYPE_CHECKING:
+    import lightning as L
+
+# torch and Lightning are imported inside the functions: a typo in a config choice or `--help` then
+# answers in a second instead of after the framework's import time.
+
+log = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+CHECKPOINT_KEYS = ("state_dict", "epoch", "global_step", "optimizer_states", "loops")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint to resume from is missing, unreadable or not a Lightning training checkpoint."""
+
+
+def check_checkpoint(path: str) -> None:
+    """Raise a CheckpointError unless `path` is a complete Lightning training checkpoint."""
+    import torch
+
+    if not Path(path).is_file():
+        raise CheckpointError(f"ckpt_path={path}: no such file")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"ckpt_path={path} cannot be read; is it truncated or corrupt? ({err})") from err
+    missing = [key for key in CHECKPOINT_KEYS if key not in checkpoint]
+    if missing:
+        raise CheckpointError(f"ckpt_path={path} is not a Lightning training checkpoint: it has no {missing}")
+
+
+def instantiate_group(group: DictConfig | None) -> list[Any]:
+    """Instantiate every entry of a config group (callbacks, loggers) that has a `_target_`."""
+    if not group:
+        return []
+    return [instantiate(entry) for entry in group.values() if isinstance(entry, DictConfig) and "_target_" in entry]
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit the configured model on the configured data; returns the last logged metrics."""
+    import lightning as L
+
+    from genlab.callbacks import RNGState
+    from genlab.loggers import finish_loggers
+
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path:
+        check_checkpoint(ckpt_path)
+    L.seed_everything(cfg.seed, workers=True)
+    # With an OnExceptionCheckpoint, Lightning resumes from the run folder's newest checkpoint when there is
+    # one (what a requeued job wants) and otherwise warns twice that there is none: a new run folder has none.
+    warnings.filterwarnings("ignore", message=r".*\(ckpt_path=None\)` was called without a model")
+    warnings.filterwarnings("ignore", message=r'.*\(ckpt_path="last"\) is set, but there is no last checkpoint')
+
+    datamodule: L.LightningDataModule = instantiate(cfg.data)
+    # The data decides the image shape; the model config says everything else.
+    model: L.LightningModule = instantiate(
+        cfg.model, image_channels=datamodule.channels, image_size=datamodule.image_size, _convert_="all"
+    )
+    callbacks = [*instantiate_group(cfg.get("callbacks")), RNGState()]
+    loggers = instantiate_group(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    except BaseException:
+        finish_loggers(loggers, failed=True)
+        raise
+    finish_loggers(loggers)
+    if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.best_model_path:
+        log.info(f"best checkpoint: {trainer.checkpoint_callback.best_model_path}")
+    return {name: float(value) for name, value in trainer.callback_metrics.items()}
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    return metrics.get(cfg.get("optimized_metric")) if cfg.get("optimized_metric") else None

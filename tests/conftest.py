@@ -1,0 +1,57 @@
+"""Shared fixtures: the real training config composed with fast CPU/synthetic overrides."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from genlab.train import CONFIG_DIR
+
+FAST = [
+    "data=synthetic",
+    "data.num_samples=96",
+    "data.batch_size=32",
+    "trainer=cpu",
+    "trainer.max_epochs=1",
+    "trainer.log_every_n_steps=1",
+    "+trainer.enable_progress_bar=false",
+    "+trainer.enable_model_summary=false",
+    "model.channels=[8,16]",
+    "model.latent_dim=4",
+    "callbacks.sample_grid.num_samples=16",
+    "callbacks.sample_grid.num_reconstructions=8",
+]
+
+
+def compose_train(run_dir: Path, *overrides: str) -> DictConfig:
+    """The composed train.yaml with FAST overrides (then `overrides`), writing into `run_dir`."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", return_hydra_config=True, overrides=[*FAST, *overrides])
+    with open_dict(cfg):
+        cfg.paths.root_dir = str(run_dir.parent)
+        cfg.paths.output_dir = str(run_dir)
+        cfg.hydra.runtime.output_dir = str(run_dir)
+    HydraConfig.instance().set_config(cfg)  # so ${hydra:...} interpolations resolve outside @hydra.main
+    with open_dict(cfg):
+        del cfg.hydra  # as under @hydra.main, the task's config has no hydra node
+    return cfg
+
+
+@pytest.fixture
+def train_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
+    """compose(run_name, *overrides) -> config whose run folder is tmp_path / run_name."""
+    yield lambda name="run", *overrides: compose_train(tmp_path / name, *overrides)
+    GlobalHydra.instance().clear()
+
+
+@pytest.fixture(autouse=True)
+def _small_torch() -> None:
+    torch.set_num_threads(2)

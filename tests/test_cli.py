@@ -1,0 +1,52 @@
+"""`python train.py ...` as a user runs it: the run folder it writes and Hydra's messages for bad choices."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import FAST
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_train(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run(
+        [sys.executable, "train.py", *overrides, f"paths.root_dir={tmp_path}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_train_py_writes_a_run_folder(tmp_path: Path) -> None:
+    result = run_train(tmp_path, *FAST)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = (tmp_path / "outputs" / "runs").glob("*/*_vae_synthetic")
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert (run / "samples" / "epoch_000.png").is_file()
+    assert (run / ".hydra" / "config.yaml").is_file() and (run / "train.log").is_file()
+
+
+@pytest.mark.parametrize(
+    ("override", "group", "valid"),
+    [("model=vea", "model", "vae"), ("data=minst", "data", "mnist"), ("trainer=tpu", "trainer", "ddp")],
+)
+def test_unknown_choice_lists_the_valid_ones(override: str, group: str, valid: str, tmp_path: Path) -> None:
+    result = run_train(tmp_path, override)
+    assert result.returncode != 0
+    assert f"Could not find '{group}/{override.split('=')[1]}'" in result.stderr
+    assert f"Available options in '{group}'" in result.stderr and valid in result.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_bad_hyperparameter_message_reaches_the_user(tmp_path: Path) -> None:
+    result = run_train(tmp_path, *FAST, "model.latent_dim=-2")
+    assert result.returncode != 0
+    assert "latent_dim must be a positive integer, got -2" in result.stderr
