@@ -50,3 +50,11 @@ def test_bad_hyperparameter_message_reaches_the_user(tmp_path: Path) -> None:
     result = run_train(tmp_path, *FAST, "model.latent_dim=-2")
     assert result.returncode != 0
     assert "latent_dim must be a positive integer, got -2" in result.stderr
+
+
+def test_ddp_on_two_cpu_processes(tmp_path: Path) -> None:
+    result = run_train(tmp_path, *FAST, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = (tmp_path / "outputs" / "runs").glob("*/*_vae_synthetic")
+    assert (run / "train_ddp_process_1.log").is_file()  # the second rank ran in the same run folder
+    assert (run / "checkpoints" / "last.ckpt").is_file()

@@ -69,6 +69,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # one (what a requeued job wants) and otherwise warns twice that there is none: a new run folder has none.
     warnings.filterwarnings("ignore", message=r".*\(ckpt_path=None\)` was called without a model")
     warnings.filterwarnings("ignore", message=r'.*\(ckpt_path="last"\) is set, but there is no last checkpoint')
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # inside Lightning itself
 
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     # The data decides the image shape; the model config says everything else.
