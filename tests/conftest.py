@@ -55,3 +55,17 @@ def train_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
 @pytest.fixture(autouse=True)
 def _small_torch() -> None:
     torch.set_num_threads(2)
+
+
+class CrashAt:
+    """A callback (instantiated from config in tests) that raises at a given epoch and batch."""
+
+    def __new__(cls, epoch: int, batch: int):
+        import lightning as L
+
+        class _Crash(L.Callback):
+            def on_train_batch_start(self, trainer, pl_module, batch_data, batch_idx: int) -> None:
+                if trainer.current_epoch == epoch and batch_idx == batch:
+                    raise RuntimeError(f"planned crash at epoch {epoch}, batch {batch}")
+
+        return _Crash()

@@ -137,3 +137,14 @@ def test_cleanup_of_copied_run_is_possible(tmp_path: Path) -> None:
     (tmp_path / "f").write_bytes(b"b")
     assert tree(tmp_path) != before
     shutil.rmtree(tmp_path / "f", ignore_errors=True)
+
+
+def test_a_crash_leaves_a_checkpoint_to_resume_from(train_cfg, tmp_path: Path) -> None:
+    crash = ["+callbacks.crash._target_=conftest.CrashAt", "+callbacks.crash.epoch=1", "+callbacks.crash.batch=1"]
+    with pytest.raises(RuntimeError, match="planned crash"):
+        train(train_cfg("crashed", "trainer.max_epochs=2", *crash))
+    saved = tmp_path / "crashed" / "checkpoints" / "on_exception.ckpt"
+    assert torch.load(saved, weights_only=True)["global_step"] == 2 + 1  # 86 images in batches of 32: 2 steps an epoch
+    metrics = train(train_cfg("continued", "trainer.max_epochs=2", f"ckpt_path={saved}"))
+    assert torch.isfinite(torch.tensor(metrics["val/loss"]))
+    assert torch.load(tmp_path / "continued/checkpoints/last.ckpt", weights_only=True)["global_step"] == 4
