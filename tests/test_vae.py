@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from genlab.data import SyntheticDataModule
-from genlab.models import GenerativeModel, VAEModule
+from genlab.models import GenerativeModel, VAEModule, load_model
 
 TINY = {"image_channels": 1, "image_size": 16, "latent_dim": 4, "channels": [8, 16]}
 
@@ -87,6 +87,8 @@ def test_checkpoint_reloads_without_hydra_and_samples_the_same(tmp_path: Path) -
     a = model.sample(6, generator=torch.Generator().manual_seed(7))
     b = reloaded.sample(6, generator=torch.Generator().manual_seed(7))
     assert torch.equal(a, b)
+    found = load_model(path)  # the class is read from the checkpoint
+    assert type(found) is VAEModule and torch.equal(found.sample(6, generator=torch.Generator().manual_seed(7)), a)
 
 
 @pytest.mark.parametrize(

@@ -76,7 +76,8 @@ class SyntheticDataModule(ImageDataModule):
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {channels!r}")
         if not 1 <= num_classes <= len(SHAPES):
-            raise ValueError(f"num_classes must be between 1 and {len(SHAPES)} ({', '.join(SHAPES)}), got {num_classes!r}")
+            shapes = ", ".join(SHAPES)
+            raise ValueError(f"num_classes must be between 1 and {len(SHAPES)} ({shapes}), got {num_classes!r}")
         self.num_samples = num_samples
         self.channels = channels
         self.num_classes = num_classes

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+import importlib
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
+import lightning as L
 import torch
 from torch import Tensor
+
+CLASS_KEY = "genlab_model_class"
 
 
 @runtime_checkable
@@ -44,3 +49,22 @@ def check_labels(num_classes: int, n: int, labels: Tensor | None) -> None:
 def to_unit(x: Tensor) -> Tensor:
     """Images in [-1, 1] (the models' range) -> [0, 1] (the contract's range), clamped."""
     return ((x + 1) / 2).clamp(0, 1)
+
+
+class GenerativeModule(L.LightningModule):
+    """Base of every genlab model: records its class in checkpoints so `load_model` needs no config."""
+
+    num_classes: int = 0
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CLASS_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
+
+
+def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> GenerativeModule:
+    """Any genlab model from its checkpoint, whatever the family, in eval mode."""
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    if CLASS_KEY not in checkpoint:
+        raise ValueError(f"{ckpt_path} is not a genlab model checkpoint: it does not name its model class")
+    module_name, _, class_name = checkpoint[CLASS_KEY].rpartition(".")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return cls.load_from_checkpoint(ckpt_path, map_location=map_location).eval()

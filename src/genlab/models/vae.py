@@ -13,18 +13,17 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genlab.models.base import check_labels, randn, to_unit
+from genlab.models.base import GenerativeModule, check_labels, randn, to_unit
 from genlab.models.blocks import ConvDecoder, ConvEncoder, check_image_size
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 
 
-class VAEModule(L.LightningModule):
+class VAEModule(GenerativeModule):
     """VAE with a convolutional encoder and decoder.
 
     Args:
