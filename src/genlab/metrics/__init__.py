@@ -1,0 +1,32 @@
+"""Pure-torch metrics for generative models, computed from (N, D) feature tensors on their own device.
+
+Each function matches a reference implementation (see the module docstrings and tests/test_metrics.py):
+
+- `fid`, `fid_from_stats`, `FeatureStats`: Fréchet Inception Distance (Heusel et al. 2017; torch-fidelity, torchmetrics)
+- `inception_score`: Inception Score (Salimans et al. 2016; torch-fidelity)
+- `kid`: Kernel Inception Distance (Bińkowski et al. 2018; torch-fidelity)
+- `precision_recall`: improved precision & recall (Kynkäänniemi et al. 2019; torch-fidelity)
+- `density_coverage`: density & coverage (Naeem et al. 2020; prdc)
+- `intra_fid`, `classifier_accuracy`: class-conditional generators (Miyato & Koyama 2018; Odena et al. 2017)
+
+Arguments are `real_*` / `fake_*` tensors; results are Python floats (pairs as tuples).
+"""
+
+from genlab.metrics.conditional import classifier_accuracy, intra_fid
+from genlab.metrics.frechet import FeatureStats, fid, fid_from_stats
+from genlab.metrics.inception import inception_score
+from genlab.metrics.kernel_distance import kid
+from genlab.metrics.knn import density_coverage, knn_radii, precision_recall
+
+__all__ = [
+    "FeatureStats",
+    "classifier_accuracy",
+    "density_coverage",
+    "fid",
+    "fid_from_stats",
+    "inception_score",
+    "intra_fid",
+    "kid",
+    "knn_radii",
+    "precision_recall",
+]
