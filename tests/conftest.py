@@ -27,14 +27,17 @@ FAST = [
     "model.latent_dim=4",
     "callbacks.sample_grid.num_samples=16",
     "callbacks.sample_grid.num_reconstructions=8",
+    "eval=none",
 ]
 
 
-def compose_train(run_dir: Path, *overrides: str) -> DictConfig:
-    """The composed train.yaml with FAST overrides (then `overrides`), writing into `run_dir`."""
+def compose_train(run_dir: Path, *overrides: str, config_name: str = "train") -> DictConfig:
+    """The composed train.yaml (or another top config) with FAST overrides, then `overrides`, writing into
+    `run_dir`."""
     GlobalHydra.instance().clear()
+    fast = FAST if config_name == "train" else []
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", return_hydra_config=True, overrides=[*FAST, *overrides])
+        cfg = compose(config_name=config_name, return_hydra_config=True, overrides=[*fast, *overrides])
     with open_dict(cfg):
         cfg.paths.root_dir = str(run_dir.parent)
         cfg.paths.output_dir = str(run_dir)

@@ -54,6 +54,28 @@ def instantiate_group(group: DictConfig | None) -> list[Any]:
     return [instantiate(entry) for entry in group.values() if isinstance(entry, DictConfig) and "_target_" in entry]
 
 
+def eval_callbacks(cfg: DictConfig) -> list[Any]:
+    """The GenerativeEval callback (unless eval=none) and, when it computes FID, a checkpoint of the best model
+    by `eval/fid` beside last.ckpt: GANs often peak long before the end of training."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    if not cfg.get("eval") or "_target_" not in cfg.eval:
+        return []
+    callbacks = [instantiate(cfg.eval)]
+    if "fid" in cfg.eval.metrics:
+        best_fid = ModelCheckpoint(
+            dirpath=f"{cfg.paths.output_dir}/checkpoints",
+            filename="best-fid-epoch{epoch:03d}",
+            monitor="eval/fid",
+            mode="min",
+            save_top_k=1,
+            every_n_epochs=cfg.eval.every_n_epochs,
+            auto_insert_metric_name=False,
+        )
+        callbacks.append(best_fid)
+    return callbacks
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the configured model on the configured data; returns the last logged metrics."""
     import lightning as L
@@ -76,7 +98,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     model: L.LightningModule = instantiate(
         cfg.model, image_channels=datamodule.channels, image_size=datamodule.image_size, _convert_="all"
     )
-    callbacks = [*instantiate_group(cfg.get("callbacks")), RNGState()]
+    callbacks = [*instantiate_group(cfg.get("callbacks")), *eval_callbacks(cfg), RNGState()]
     loggers = instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in loggers:

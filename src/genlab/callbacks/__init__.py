@@ -1,6 +1,7 @@
-"""Callbacks: sample grids and resumable RNG state."""
+"""Callbacks: evaluation, sample grids and resumable RNG state."""
 
+from genlab.callbacks.generative_eval import GenerativeEval
 from genlab.callbacks.rng_state import RNGState
 from genlab.callbacks.sample_grid import SampleGrid
 
-__all__ = ["RNGState", "SampleGrid"]
+__all__ = ["GenerativeEval", "RNGState", "SampleGrid"]

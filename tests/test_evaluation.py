@@ -1,0 +1,197 @@
+"""The evaluation pipeline: the GenerativeEval callback in training, DDP equality, evaluate.py, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from conftest import compose_train
+from torchvision.utils import save_image
+
+from genlab.callbacks import GenerativeEval
+from genlab.data import SyntheticDataModule
+from genlab.evaluate import evaluate
+from genlab.evaluator import FeatureSet, check_metric_names, compute_metrics, make_extractor, sample_features
+from genlab.models import VAEModule
+from genlab.train import train
+
+EVAL = [
+    "eval=default",
+    "eval.extractor=random",
+    "eval.num_samples=64",
+    "eval.batch_size=16",
+    "eval.kid_subsets=10",
+    "eval.kid_subset_size=32",
+    "eval.every_n_epochs=1",
+    "eval.progress=false",
+]
+
+
+def tiny_eval(**kwargs) -> GenerativeEval:
+    settings = dict(
+        extractor="random",
+        num_samples=48,
+        batch_size=16,
+        kid_subsets=5,
+        kid_subset_size=24,
+        cache_dir=None,
+        progress=False,
+        metrics=["fid", "is", "kid", "pr", "dc"],
+    )
+    return GenerativeEval(**{**settings, **kwargs})
+
+
+def test_training_logs_eval_metrics_and_keeps_the_best_fid_checkpoint(train_cfg, tmp_path: Path) -> None:
+    metrics = train(train_cfg("run", *EVAL, f"eval.cache_dir={tmp_path / 'cache'}", "trainer.max_epochs=2"))
+    for key in ("fid", "is", "kid", "precision", "recall", "density", "coverage"):
+        assert f"eval/{key}" in metrics and metrics[f"eval/{key}"] == metrics[f"eval/{key}"], key  # not NaN
+    assert metrics["eval/fid"] >= 0 and 0 <= metrics["eval/precision"] <= 1
+    assert len(list((tmp_path / "run" / "checkpoints").glob("best-fid-epoch*.ckpt"))) == 1
+    cached = list((tmp_path / "cache" / "features").glob("real-*.pt"))
+    assert len(cached) == 1  # the real side was extracted once and cached
+    hparams = (tmp_path / "run" / "csv" / "hparams.yaml").read_text()
+    assert "eval/extractor: random-projection" in hparams or "eval/extractor: random" in hparams
+
+
+def test_unknown_metric_and_extractor_list_the_valid_ones() -> None:
+    with pytest.raises(ValueError, match=r"unknown metric\(s\) \['fidd'\]; valid: \['fid', 'is', 'kid'"):
+        check_metric_names(["fid", "fidd"])
+    dm = SyntheticDataModule(num_samples=16, image_size=16)
+    with pytest.raises(ValueError, match="inception.*domain.*random|domain.*inception.*random|valid"):
+        make_extractor("clip", datamodule=dm, cache_dir=None)
+
+
+class BrokenModel(VAEModule):
+    """A VAE whose samples are NaN or the wrong shape, for the error messages."""
+
+    def __init__(self, mode: str = "nan", **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.mode = mode
+
+    def sample(self, n, labels=None, generator=None):
+        x = super().sample(n, labels, generator)
+        return x * float("nan") if self.mode == "nan" else x[:, :, :8]
+
+
+@pytest.mark.parametrize(("mode", "message"), [("nan", "NaN or inf"), ("shape", r"returned shape \(4, 1, 8, 16\)")])
+def test_bad_samples_give_clear_errors(mode: str, message: str) -> None:
+    model = BrokenModel(mode, image_size=16, channels=[8, 16], latent_dim=4)
+    dm = SyntheticDataModule(num_samples=16, image_size=16)
+    extractor = make_extractor("random", datamodule=dm, cache_dir=None)
+    with pytest.raises(ValueError, match=message):
+        sample_features(model, extractor, 8, 4, seed=0, image_shape=(1, 16, 16), progress=False)
+
+
+def test_too_few_samples_for_kid_or_k_is_an_error() -> None:
+    real = FeatureSet(torch.randn(50, 8), torch.randn(50, 10))
+    fake = FeatureSet(torch.randn(40, 8), torch.randn(40, 10))
+    with pytest.raises(ValueError, match="lower eval.kid_subset_size or raise eval.num_samples"):
+        compute_metrics(real, fake, ["kid"])
+    with pytest.raises(ValueError, match="k"):
+        compute_metrics(FeatureSet(torch.randn(3, 8)), FeatureSet(torch.randn(3, 8)), ["pr"])
+
+
+def test_samples_do_not_depend_on_batch_assignment() -> None:
+    torch.manual_seed(0)
+    model = VAEModule(image_size=16, channels=[8, 16], latent_dim=4)
+    dm = SyntheticDataModule(num_samples=16, image_size=16)
+    extractor = make_extractor("random", datamodule=dm, cache_dir=None)
+    args = dict(num_samples=40, batch_size=8, seed=3, image_shape=(1, 16, 16), progress=False)
+    whole = FeatureSet.concat(sample_features(model, extractor, **args))
+    even = sample_features(model, extractor, batches=[0, 2, 4], **args)
+    odd = sample_features(model, extractor, batches=[1, 3], **args)
+    interleaved = FeatureSet.concat([even[0], odd[0], even[1], odd[1], even[2]])
+    assert torch.equal(whole.features, interleaved.features)
+
+
+def validate_metrics(devices: int, tmp_path: Path) -> dict[str, float]:
+    L.seed_everything(0)
+    model = VAEModule(image_size=16, channels=[8, 16], latent_dim=4)
+    dm = SyntheticDataModule(num_samples=64, image_size=16, batch_size=16)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=devices,
+        strategy="ddp_spawn" if devices > 1 else "auto",
+        logger=False,
+        callbacks=[tiny_eval()],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    (results,) = trainer.validate(model, datamodule=dm, verbose=False)
+    return {k: v for k, v in results.items() if k.startswith("eval/")}
+
+
+@pytest.mark.slow
+def test_two_process_ddp_gives_the_numbers_of_one_process(tmp_path: Path) -> None:
+    one = validate_metrics(1, tmp_path)
+    two = validate_metrics(2, tmp_path)
+    assert set(one) == {
+        "eval/fid",
+        "eval/is",
+        "eval/is_std",
+        "eval/kid",
+        "eval/kid_std",
+        "eval/precision",
+        "eval/recall",
+        "eval/density",
+        "eval/coverage",
+    }
+    assert one.keys() == two.keys()
+    for key in one:
+        assert two[key] == pytest.approx(one[key], rel=1e-5, abs=1e-6), key
+
+
+def test_evaluate_scores_a_checkpoint_and_writes_metrics_json(train_cfg, tmp_path: Path) -> None:
+    train(train_cfg("run"))
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    cfg = compose_train(
+        tmp_path / "ev",
+        "data=synthetic",
+        "data.num_samples=96",
+        f"ckpt_path={ckpt}",
+        *[o for o in EVAL if o != "eval=default" and "every_n" not in o],
+        f"eval.cache_dir={tmp_path / 'cache'}",
+        config_name="evaluate",
+    )
+    results = evaluate(cfg)
+    record = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert record["metrics"] == results and record["precision"] == "fp32"
+    assert record["extractor"] and record["extractor_hash"] and record["num_fake"] == 64
+
+
+def test_evaluate_scores_a_folder_real_images_beat_noise(tmp_path: Path) -> None:
+    dm = SyntheticDataModule(num_samples=200, image_size=16, seed=5)
+    dm.setup()
+    real_dir, noise_dir, small_dir = tmp_path / "real", tmp_path / "noise", tmp_path / "small"
+    for folder in (real_dir, noise_dir, small_dir):
+        folder.mkdir()
+    for i, img in enumerate(dm.train_set.images[:64]):
+        save_image(img.float() / 255, real_dir / f"{i:03d}.png")
+        save_image(torch.rand(1, 16, 16), noise_dir / f"{i:03d}.png")
+    save_image(torch.rand(1, 8, 8), small_dir / "0.png")
+    common = [
+        "data=synthetic",
+        "data.num_samples=200",
+        "data.image_size=16",
+        "data.seed=5",
+        *EVAL[1:],
+        f"eval.cache_dir={tmp_path / 'cache'}",
+    ]
+    fid = {}
+    for name, folder in (("real", real_dir), ("noise", noise_dir)):
+        cfg = compose_train(tmp_path / f"ev-{name}", *common, f"eval.fake_dir={folder}", config_name="evaluate")
+        fid[name] = evaluate(cfg)["fid"]
+    assert fid["real"] < fid["noise"] / 5
+    cfg = compose_train(tmp_path / "ev-small", *common, f"eval.fake_dir={small_dir}", config_name="evaluate")
+    with pytest.raises(ValueError, match="is 8x8, the data's images are 16x16"):
+        evaluate(cfg)
+
+
+def test_evaluate_needs_exactly_one_source(tmp_path: Path) -> None:
+    cfg = compose_train(tmp_path / "ev", "data=synthetic", config_name="evaluate")
+    with pytest.raises(ValueError, match="exactly one of ckpt_path"):
+        evaluate(cfg)
