@@ -1,0 +1,157 @@
+"""Time genlab's evaluation against the reference libraries on the same work, side by side in one run.
+
+    python scripts/bench_eval.py --n 2000                        # metric math only, CPU-sized
+    python scripts/bench_eval.py --n 10000 --device cuda --end-to-end --weights <inception.pth>
+
+Metric math: FID + KID + precision/recall through torch-fidelity's functions and density/coverage through
+prdc, against genlab.metrics, on the same random 2048-d features. End to end (needs InceptionV3 weights; a
+random-weights file is made when --weights is not given, which times the same work): torch-fidelity's
+`calculate_metrics` (IS + FID + KID + P&R from uint8 images) against genlab (features extracted once, every
+metric from them) at each extraction precision. Prints each time and the ratio reference / genlab.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def timed(fn: Callable[[], object], device: torch.device, repeats: int = 1) -> float:
+    """Best wall time of `repeats` calls (after one warm-up call), synchronising the device."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def bench_math(n: int, dim: int, device: torch.device, repeats: int) -> list[tuple[str, float, float]]:
+    """(name, reference seconds, genlab seconds) for each metric on the same features."""
+    import prdc
+    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+    from torch_fidelity.metric_kid import kid_features_to_metric
+    from torch_fidelity.metric_prc import prc_features_to_metric
+
+    from genlab import metrics as M
+
+    g = torch.Generator().manual_seed(0)
+    real, fake = torch.randn(n, dim, generator=g), torch.randn(n, dim, generator=g) * 1.1 + 0.1
+    real_dev, fake_dev = real.to(device), fake.to(device)
+    kid_size = min(1000, n)
+    ref = {
+        "FID": lambda: fid_statistics_to_metric(
+            fid_features_to_statistics(fake), fid_features_to_statistics(real), verbose=False
+        ),
+        "KID": lambda: kid_features_to_metric(fake, real, kid_subset_size=kid_size, verbose=False),
+        "P&R": lambda: prc_features_to_metric(fake_dev, real_dev, verbose=False),
+        "D&C": lambda: prdc.compute_prdc(real.numpy(), fake.numpy(), nearest_k=5),
+    }
+    ours = {
+        "FID": lambda: M.fid(real_dev, fake_dev),
+        "KID": lambda: M.kid(real_dev, fake_dev, subset_size=kid_size),
+        "P&R": lambda: M.precision_recall(real_dev, fake_dev, k=3),
+        "D&C": lambda: M.density_coverage(real_dev, fake_dev, k=5),
+    }
+    return [(name, timed(ref[name], device, repeats), timed(ours[name], device, repeats)) for name in ref]
+
+
+def random_inception_weights(folder: str) -> str:
+    """A randomly initialised inception-v3-compat state dict saved to `folder` (times the same work offline)."""
+    from genlab.features.inception import random_inception_weights as make
+
+    return make(folder)
+
+
+def bench_end_to_end(
+    n: int, device: torch.device, weights: str, precisions: list[str]
+) -> list[tuple[str, float, float]]:
+    """torch-fidelity's calculate_metrics vs genlab's extract-once pipeline on the same uint8 images."""
+    import torch_fidelity
+
+    from genlab.evaluator import FeatureSet, MetricSettings, compute_metrics, extract
+    from genlab.features.inception import InceptionExtractor
+
+    g = torch.Generator().manual_seed(0)
+    real = (torch.rand(n, 3, 32, 32, generator=g) * 255).to(torch.uint8)
+    fake = (torch.rand(n, 3, 32, 32, generator=g) * 200).to(torch.uint8)
+
+    class Images(torch.utils.data.Dataset):
+        def __init__(self, x: torch.Tensor) -> None:
+            self.x = x
+
+        def __len__(self) -> int:
+            return len(self.x)
+
+        def __getitem__(self, i: int) -> torch.Tensor:
+            return self.x[i]
+
+    def reference() -> None:
+        torch_fidelity.calculate_metrics(
+            input1=Images(fake),
+            input2=Images(real),
+            cuda=device.type == "cuda",
+            isc=True,
+            fid=True,
+            kid=True,
+            prc=True,
+            verbose=False,
+            feature_extractor="inception-v3-compat",  # the same extractor for every metric
+            feature_extractor_weights_path=weights,
+            kid_subset_size=min(1000, n),
+            save_cpu_ram=True,
+        )
+
+    rows = []
+    for precision in precisions:
+        extractor = InceptionExtractor(weights_path=weights, precision=precision).to(device).eval()
+        batch = 500 if device.type == "cuda" else 50
+
+        def ours(extractor: InceptionExtractor = extractor, batch: int = batch) -> None:
+            sets = [
+                extract(extractor, [(x[i : i + batch].float() / 255, None) for i in range(0, n, batch)], device)
+                for x in (real, fake)
+            ]
+            settings = MetricSettings(kid_subset_size=min(1000, n))
+            compute_metrics(sets[0], FeatureSet(sets[1].features, sets[1].logits), ["fid", "is", "kid", "pr"], settings)
+
+        rows.append((f"IS+FID+KID+P&R end to end ({precision})", timed(reference, device), timed(ours, device)))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=2000, help="real and fake samples each")
+    parser.add_argument("--dim", type=int, default=2048)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--end-to-end", action="store_true", help="also time image -> metrics (InceptionV3)")
+    parser.add_argument("--weights", default=None, help="torch-fidelity's inception weights file")
+    parser.add_argument("--precisions", default="fp32,tf32,bf16")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    torch.backends.cudnn.benchmark = True
+    rows = bench_math(args.n, args.dim, device, args.repeats)
+    if args.end_to_end:
+        with tempfile.TemporaryDirectory() as tmp:
+            weights = args.weights or random_inception_weights(tmp)
+            rows += bench_end_to_end(args.n, device, weights, args.precisions.split(","))
+    print(f"\n{args.n} real vs {args.n} fake, {args.dim}-d features, {device} ({torch.get_num_threads()} threads)")
+    print(f"{'work':<42} {'reference s':>12} {'genlab s':>10} {'ratio':>7}")
+    for name, ref, ours in rows:
+        print(f"{name:<42} {ref:12.3f} {ours:10.3f} {ref / ours:6.2f}x")
+    total_ref, total_ours = sum(r[1] for r in rows[:4]), sum(r[2] for r in rows[:4])
+    print(f"{'metric math total':<42} {total_ref:12.3f} {total_ours:10.3f} {total_ref / total_ours:6.2f}x")
+
+
+if __name__ == "__main__":
+    main()
