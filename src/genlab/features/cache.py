@@ -1,9 +1,12 @@
 """On-disk caches that several processes share safely: atomic writes, checked loads, a file lock.
 
 A cache file is one JSON header line ({"key", "sha256", "size"}) followed by the `torch.save` bytes of the
-payload. `checked_load` trusts nothing: a missing, truncated, corrupt or stale (other key) file gives None,
-and the caller recomputes. Writes go to a temporary file in the same folder and are renamed into place, so
-no reader ever sees half a file; `file_lock` lets one process compute while the others wait, then read.
+payload (tensors, dicts, lists, strings, numbers: what `torch.load(weights_only=True)` accepts). `checked_load`
+trusts nothing: a missing, truncated, corrupt or stale (other key) file gives None, and the caller recomputes.
+Writes go to a temporary file in the same folder and are renamed into place (`os.replace` is atomic on POSIX
+within one file system), so no reader ever sees half a file; `file_lock` (an `fcntl.flock` on `<path>.lock`)
+lets one process compute while the others wait, then read. The same recipe as torch hub's downloads (temp file,
+then rename) plus the lock that pip and huggingface_hub take around shared caches.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,21 +28,27 @@ import torch
 log = logging.getLogger(__name__)
 
 
-def atomic_save(obj: Any, path: str | Path, key: dict) -> None:
-    """Write `obj` (tensors, dicts, numbers, strings) to `path` with its key and checksum, atomically."""
+def _canonical(key: dict) -> Any:
+    """`key` as it reads back from JSON (tuples become lists, paths strings), so that equal keys compare equal."""
+    return json.loads(json.dumps(key, sort_keys=True, default=str))
+
+
+def atomic_save(obj: Any, path: str | os.PathLike, key: dict) -> None:
+    """Write `obj` to `path` with its key and checksum, atomically: `path` is the old file or the whole new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    payload = buffer.getvalue()
-    header = {"key": key, "sha256": hashlib.sha256(payload).hexdigest(), "size": len(payload)}
+    payload = buffer.getbuffer()
+    header = {"key": _canonical(key), "sha256": hashlib.sha256(payload).hexdigest(), "size": len(payload)}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide a shared cache from other users
         with os.fdopen(fd, "wb") as f:
-            f.write(json.dumps(header, sort_keys=True, default=str).encode() + b"\n")
+            f.write(json.dumps(header, sort_keys=True).encode() + b"\n")
             f.write(payload)
             f.flush()
-            os.fsync(f.fileno())
+            os.fsync(f.fileno())  # the data is on disk before the rename makes it visible
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -47,30 +56,40 @@ def atomic_save(obj: Any, path: str | Path, key: dict) -> None:
         raise
 
 
-def checked_load(path: str | Path, key: dict) -> Any | None:
+def checked_load(path: str | os.PathLike, key: dict) -> Any | None:
     """The payload saved at `path` under `key`, or None (with a log line saying why) if it cannot be trusted."""
     path = Path(path)
     if not path.is_file():
+        log.debug(f"cache {path} does not exist yet")
         return None
     try:
         with open(path, "rb") as f:
             header = json.loads(f.readline())
             payload = f.read()
-    except (OSError, ValueError) as err:
+        if not isinstance(header, dict):
+            raise ValueError(f"header is a {type(header).__name__}, not a dict")
+    except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         log.warning(f"cache {path} is unreadable ({err}): recomputing")
         return None
-    if json.loads(json.dumps(key, sort_keys=True, default=str)) != header.get("key"):
-        log.info(f"cache {path} was made for {header.get('key')}, not {key}: recomputing")
+    if header.get("key") != _canonical(key):
+        log.info(f"cache {path} was made for {header.get('key')}, not {_canonical(key)}: recomputing")
         return None
     if len(payload) != header.get("size") or hashlib.sha256(payload).hexdigest() != header.get("sha256"):
-        log.warning(f"cache {path} is truncated or corrupt: recomputing")
+        log.warning(f"cache {path} is truncated or corrupt ({len(payload)} of {header.get('size')} bytes): recomputing")
         return None
-    return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    try:
+        return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except Exception as err:  # e.g. written by another torch version: recomputing is always safe
+        log.warning(f"cache {path} cannot be loaded ({type(err).__name__}: {err}): recomputing")
+        return None
 
 
 @contextlib.contextmanager
-def file_lock(path: str | Path) -> Iterator[None]:
-    """Hold an exclusive lock on `<path>.lock` (other processes block until it is released)."""
+def file_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on `<path>.lock`; other processes block until it is released.
+
+    The lock file is left in place: deleting it would let a waiting process lock an unlinked inode.
+    """
     lock = Path(f"{path}.lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "a") as f:
@@ -79,3 +98,19 @@ def file_lock(path: str | Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def load_or_compute(path: str | os.PathLike | None, key: dict, compute: Callable[[], Any]) -> tuple[Any, bool]:
+    """(the valid cache at `path`, False), else (`compute()`, True) after saving it there; None: no cache.
+
+    Under `file_lock`: of several processes that start together, one computes and the others read its file.
+    """
+    if path is None:
+        return compute(), True
+    with file_lock(path):
+        cached = checked_load(path, key)
+        if cached is not None:
+            return cached, False
+        obj = compute()
+        atomic_save(obj, path, key)
+        return obj, True

@@ -1,79 +1,104 @@
 """InceptionV3 features for FID/IS/KID/P&R: torch-fidelity's `inception-v3-compat`, the standard FID protocol.
 
-The network and its TensorFlow-compatible resize come from torch-fidelity (Obukhov et al., which reproduces
-the original TF FID code bit-for-bit in fp32). Images are rounded to uint8 first, grayscale is tiled to
-3 channels, and the extraction precision is a setting: `fp32` (TF32 off: the published protocol), `tf32` or
-`bf16` (faster, for per-epoch evaluation; how much each moves the metrics is measured in the README).
+The network and its TensorFlow-1.x-compatible bilinear resize to 299x299 come from torch-fidelity
+(Obukhov et al., https://github.com/toshas/torch-fidelity, which reproduces the original TF FID/IS code of
+Heusel et al. 2017 and Salimans et al. 2016 in fp32). Images are rounded to uint8 first (torch-fidelity's
+input), grayscale is tiled to 3 channels (what torch-fidelity does to grayscale image files, via PIL's
+`convert("RGB")`), and the extraction precision is a setting: `fp32` (TF32 off: the published protocol),
+`tf32` or `bf16` (faster, for per-epoch evaluation; numbers are only comparable within one precision).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
 
 import torch
 from torch import Tensor
+from torch_fidelity import feature_extractor_inceptionv3 as tf_inception
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3, FeatureExtractorInceptionV3
 
 from genlab.features.base import FeatureExtractor, to_uint8
 
 PRECISIONS = ("fp32", "tf32", "bf16")
-FEATURES = ["2048", "logits_unbiased"]  # pool features for FID/KID/P&R, logits without bias for IS
+NAME = "inception-v3-compat"
+FEATURES = ["2048", "logits_unbiased"]  # pool features for FID/KID/P&R, logits without bias for IS (as TF IS)
 
 
 @contextlib.contextmanager
-def matmul_precision(precision: str, device_type: str) -> Iterator[None]:
-    """Run the body in `precision`; the global TF32 flags are restored afterwards."""
-    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+def precision_context(precision: str, device_type: str) -> Iterator[None]:
+    """Run the body in `precision`; the global TF32 settings are restored afterwards, even on error.
+
+    fp32 must switch TF32 off explicitly: PyTorch allows it for cuDNN convolutions by default.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    # the matmul precision string, not allow_tf32: restoring "medium" through a bool would give "high"
+    matmul, cudnn = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
     try:
-        if precision == "bf16":
-            with torch.autocast(device_type=device_type, dtype=torch.bfloat16):
-                yield
-        else:
+        with torch.autocast(device_type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext():
             yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+        torch.set_float32_matmul_precision(matmul)
+        torch.backends.cudnn.allow_tf32 = cudnn
+
+
+def load_inception(weights_path: str | os.PathLike | None) -> FeatureExtractorInceptionV3:
+    """torch-fidelity's network with the weights at `weights_path`, or downloaded (torch hub cache) for None."""
+    if weights_path is None:
+        try:
+            return FeatureExtractorInceptionV3(NAME, FEATURES)
+        except (OSError, RuntimeError) as err:  # URLError, timeouts, a corrupt download
+            raise RuntimeError(
+                f"could not download the InceptionV3 weights ({type(err).__name__}: {err}). Fetch {URL_INCEPTION_V3} "
+                "on a machine with a network and pass eval.weights_path=<that file>"
+            ) from err
+    path = Path(weights_path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"eval.weights_path={weights_path}: no such file (fetch it from {URL_INCEPTION_V3})")
+    try:
+        return FeatureExtractorInceptionV3(NAME, FEATURES, str(path))
+    except Exception as err:  # torch.load's and load_state_dict's many error types: all mean "wrong file"
+        raise ValueError(
+            f"eval.weights_path={weights_path} is not an {NAME} state dict ({type(err).__name__}: {err}); "
+            f"the weights are at {URL_INCEPTION_V3}"
+        ) from err
 
 
 class InceptionExtractor(FeatureExtractor):
     """2048-d pool features and 1008 unbiased logits of torch-fidelity's InceptionV3.
 
     Args:
-        weights_path: torch-fidelity's weights file; None downloads it (needs a network).
-        precision: fp32 | tf32 | bf16.
+        weights_path: torch-fidelity's weights file (`URL_INCEPTION_V3`); None downloads it (needs a network).
+        precision: fp32 | tf32 | bf16 (bf16 autocasts on CUDA and on CPU alike).
     """
 
-    name = "inception-v3-compat"
+    name = NAME
     feature_dim, num_logits = 2048, 1008
 
-    def __init__(self, weights_path: str | None = None, precision: str = "fp32") -> None:
+    def __init__(self, weights_path: str | os.PathLike | None = None, precision: str = "fp32") -> None:
         super().__init__()
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
-        if weights_path is not None and not Path(weights_path).is_file():
-            raise FileNotFoundError(
-                f"eval.weights_path={weights_path}: no such file (fetch it from {URL_INCEPTION_V3})"
-            )
         self.precision = precision
-        try:
-            self.net = FeatureExtractorInceptionV3("inception-v3-compat", FEATURES, weights_path)
-        except OSError as err:  # URLError and friends: no network
-            raise RuntimeError(
-                f"could not download the InceptionV3 weights ({err}). Fetch {URL_INCEPTION_V3} on a machine with a "
-                "network and pass eval.weights_path=<that file>"
-            ) from err
+        self.net = load_inception(weights_path)
+        self.net.requires_grad_(False)
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        x = to_uint8(images)
+        x = to_uint8(images, channels=(1, 3))
         if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)  # grayscale -> RGB by tiling, as torch-fidelity does for 1-channel inputs
+            x = x.expand(-1, 3, -1, -1)  # grey -> RGB with R = G = B
         if x.is_cuda:
+            if not self.net.Conv2d_1a_3x3.conv.weight.is_contiguous(memory_format=torch.channels_last):
+                # cuDNN's NHWC kernels are the fast ones; a convolution follows its weight's layout
+                self.net.to(memory_format=torch.channels_last)
             x = x.contiguous(memory_format=torch.channels_last)
-        with matmul_precision(self.precision, x.device.type):
+        with precision_context(self.precision, x.device.type):
             features, logits = self.net(x)
         return features.float(), logits.float()
 
@@ -81,18 +106,26 @@ class InceptionExtractor(FeatureExtractor):
 def random_inception_weights(folder: str | os.PathLike, seed: int = 0) -> str:
     """Save a randomly initialised inception-v3-compat state dict in `folder` and return its path.
 
-    For tests and offline benchmarks: the network is the real architecture, so it does the same work.
+    For tests and offline benchmarks: the real architecture (so the same work and the same code path), no
+    network. The global RNG is left as it was.
     """
     path = Path(folder) / f"inception-random-{seed}.pth"
-    if not path.is_file():
+    if path.is_file():
+        return str(path)
+    # Construct without weights: torch-fidelity's downloader and state-dict loading are stubbed out for the call.
+    with (
+        mock.patch.object(tf_inception, "load_state_dict_from_url", lambda *args, **kwargs: None),
+        mock.patch.object(FeatureExtractorInceptionV3, "load_state_dict", lambda *args, **kwargs: None),
+        torch.random.fork_rng(devices=[]),
+    ):
         torch.manual_seed(seed)
-        with (
-            mock.patch.object(FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None),
-            mock.patch("torch_fidelity.feature_extractor_inceptionv3.torch.load", lambda *a, **k: {}),
-        ):
-            net = FeatureExtractorInceptionV3("inception-v3-compat", FEATURES, "unused")
-        for module in net.modules():  # He init keeps activations at unit scale through 94 conv layers
+        net = FeatureExtractorInceptionV3(NAME, FEATURES)
+        for module in net.modules():  # He init keeps activations at unit scale through 94 conv + BN layers
             if isinstance(module, torch.nn.Conv2d):
                 torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-        torch.save(net.state_dict(), path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")  # atomic: parallel test workers may race here
+    with os.fdopen(fd, "wb") as f:
+        torch.save(net.state_dict(), f)
+    os.replace(tmp, path)
     return str(path)
