@@ -195,3 +195,11 @@ def test_evaluate_needs_exactly_one_source(tmp_path: Path) -> None:
     cfg = compose_train(tmp_path / "ev", "data=synthetic", config_name="evaluate")
     with pytest.raises(ValueError, match="exactly one of ckpt_path"):
         evaluate(cfg)
+
+
+def test_domain_extractor_is_trained_inside_validation(train_cfg, tmp_path: Path) -> None:
+    # validation runs under inference mode: training the classifier there must still work
+    overrides = [o for o in EVAL if o != "eval.extractor=random"]
+    metrics = train(train_cfg("run", *overrides, "eval.extractor=domain", f"eval.cache_dir={tmp_path / 'cache'}"))
+    assert metrics["eval/fid"] >= 0
+    assert list((tmp_path / "cache" / "domain").glob("domain-synthetic-*.pt"))

@@ -120,9 +120,14 @@ class GenerativeEval(L.Callback):
         for logger in trainer.loggers:
             logger.log_hyperparams(info)
 
-    @torch.no_grad()
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
-        self.setup_extractor(trainer, pl_module)
+        # Validation runs under inference mode; the domain classifier may have to be trained here first.
+        with torch.inference_mode(False), torch.enable_grad():
+            self.setup_extractor(trainer, pl_module)
+        with torch.no_grad():
+            return self.score(trainer, pl_module)
+
+    def score(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
         groups = [g for g in self.metrics if pl_module.num_classes or g not in CONDITIONAL_GROUPS]
         real = self.real_side(trainer, pl_module)
         fake = self.fake_side(trainer, pl_module)
