@@ -203,3 +203,16 @@ def test_domain_extractor_is_trained_inside_validation(train_cfg, tmp_path: Path
     metrics = train(train_cfg("run", *overrides, "eval.extractor=domain", f"eval.cache_dir={tmp_path / 'cache'}"))
     assert metrics["eval/fid"] >= 0
     assert list((tmp_path / "cache" / "domain").glob("domain-synthetic-*.pt"))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"num_samples": 0}, "num_samples must be a positive integer, got 0"),
+        ({"every_n_epochs": -1}, "every_n_epochs must be a positive integer, got -1"),
+        ({"metrics": ["fid", "mmd"]}, r"unknown metric\(s\) \['mmd'\]"),
+    ],
+)
+def test_bad_callback_arguments_name_the_value(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        tiny_eval(**kwargs)

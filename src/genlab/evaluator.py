@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from genlab import metrics as M
 from genlab.features.base import FeatureExtractor
-from genlab.features.cache import atomic_save, checked_load, file_lock
+from genlab.features.cache import load_or_compute
 
 log = logging.getLogger(__name__)
 
@@ -136,17 +136,17 @@ def real_features(
     batch_size: int = 500,
     progress: bool = True,
 ) -> FeatureSet:
-    """Features of uint8 images (N, C, H, W), cached in `cache_dir` under `key` (recomputed if corrupt/stale)."""
-    if cache_dir is None:
-        return _extract_real(images, labels, extractor, device, batch_size, progress)
-    path = Path(cache_dir) / ("real-" + "-".join(str(v) for v in key.values()).replace("/", "_") + ".pt")
-    with file_lock(path):  # one process computes, the others wait and read
-        cached = checked_load(path, key)
-        if cached is not None:
-            return FeatureSet(**cached).to(device)
+    """Features of uint8 images (N, C, H, W), cached in `cache_dir` under `key` (recomputed if corrupt/stale;
+    of several processes, one computes and the others read its file)."""
+    name = "real-" + "-".join(str(v) for v in key.values()).replace("/", "_") + ".pt"
+    path = None if cache_dir is None else Path(cache_dir) / name
+
+    def compute() -> dict[str, Tensor]:
         found = _extract_real(images, labels, extractor, device, batch_size, progress)
-        atomic_save({k: v.cpu() for k, v in found.as_dict().items()}, path, key)
-    return found
+        return {k: v.cpu() for k, v in found.as_dict().items()}
+
+    saved, _ = load_or_compute(path, key, compute)
+    return FeatureSet(**saved).to(device)
 
 
 def dataset_features(

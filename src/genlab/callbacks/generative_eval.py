@@ -17,6 +17,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.seed import isolate_rng
 
+from genlab.checks import check_positive_int
 from genlab.evaluator import (
     CONDITIONAL_GROUPS,
     FeatureSet,
@@ -69,11 +70,9 @@ class GenerativeEval(L.Callback):
         dc_k: int = 5,
         progress: bool = True,
     ) -> None:
-        if num_samples < 1 or every_n_epochs < 1 or batch_size < 1:
-            raise ValueError(
-                f"num_samples, every_n_epochs and batch_size must be >= 1, got {num_samples}, {every_n_epochs}, "
-                f"{batch_size}"
-            )
+        check_positive_int("num_samples", num_samples)
+        check_positive_int("every_n_epochs", every_n_epochs)
+        check_positive_int("batch_size", batch_size)
         self.metrics = check_metric_names(metrics)
         self.extractor_name, self.precision, self.weights_path = extractor, precision, weights_path
         self.num_samples, self.every_n_epochs, self.batch_size = num_samples, every_n_epochs, batch_size

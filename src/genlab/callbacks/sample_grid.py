@@ -17,6 +17,8 @@ from lightning.pytorch.utilities.seed import isolate_rng
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
+from genlab.checks import check_positive_int
+
 
 def label_cycle(num_classes: int, n: int, device: torch.device) -> Tensor | None:
     """Labels 0, 1, ..., K-1, 0, 1, ... for a conditional model (one class per grid column); None if K = 0."""
@@ -37,11 +39,9 @@ class SampleGrid(L.Callback):
     def __init__(
         self, dirpath: str, num_samples: int = 64, num_reconstructions: int = 32, every_n_epochs: int = 1, seed: int = 0
     ) -> None:
-        if every_n_epochs < 1 or num_samples < 1 or num_reconstructions < 0:
-            raise ValueError(
-                f"every_n_epochs and num_samples must be >= 1 and num_reconstructions >= 0, got {every_n_epochs}, "
-                f"{num_samples}, {num_reconstructions}"
-            )
+        check_positive_int("every_n_epochs", every_n_epochs)
+        check_positive_int("num_samples", num_samples)
+        check_positive_int("num_reconstructions", num_reconstructions, allow_zero=True)
         self.dirpath = Path(dirpath)
         self.num_samples = num_samples
         self.num_reconstructions = num_reconstructions

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from genlab.checks import check_positive_int
+
 
 class ImageTensorDataset(Dataset):
     """uint8 images (N, C, H, W) and int64 labels (N,), served as (float image in [-1, 1], label)."""
@@ -64,14 +66,6 @@ def resize_uint8(images: Tensor, size: int) -> Tensor:
         x = F.interpolate(chunk.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         chunks.append(x.round().clamp(0, 255).to(torch.uint8))
     return torch.cat(chunks)
-
-
-def check_positive_int(name: str, value: int, allow_zero: bool = False) -> None:
-    """Raise a ValueError naming `name` unless `value` is a positive (or, if allowed, zero) integer."""
-    low = 0 if allow_zero else 1
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        allowed = "a non-negative integer" if allow_zero else "a positive integer"
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
 
 
 class ImageDataModule(L.LightningDataModule):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from genlab.data.base import ImageDataModule, check_positive_int
+from genlab.checks import check_positive_int
+from genlab.data.base import ImageDataModule
 
 SHAPES = ("disk", "square", "cross", "ring", "diamond", "hbar", "vbar", "triangle")
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from genlab.checks import check_positive_int
 from genlab.models.base import GenerativeModule, check_labels, randn, to_unit
 from genlab.models.blocks import ConvDecoder, ConvEncoder, check_image_size
 
@@ -125,9 +126,8 @@ def check_hparams(
     lr: float,
 ) -> None:
     """Raise a ValueError naming the first invalid hyperparameter and what is allowed."""
-    for name, value in (("image_channels", image_channels), ("latent_dim", latent_dim)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    check_positive_int("image_channels", image_channels)
+    check_positive_int("latent_dim", latent_dim)
     if not channels or any(not isinstance(c, int) or c < 1 for c in channels):
         raise ValueError(f"channels must be a non-empty list of positive integers, got {channels!r}")
     check_image_size(image_size, channels)
