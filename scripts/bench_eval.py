@@ -2,6 +2,7 @@
 
     python scripts/bench_eval.py --n 2000                        # metric math only, CPU-sized
     python scripts/bench_eval.py --n 10000 --device cuda --end-to-end --weights <inception.pth>
+    python scripts/bench_eval.py --device cuda --targets --weights <inception.pth>   # 50k math, 10k cached scoring
 
 Metric math: FID + KID + precision/recall through torch-fidelity's functions and density/coverage through
 prdc, against genlab.metrics, on the same random 2048-d features. End to end (needs InceptionV3 weights; a
@@ -128,6 +129,40 @@ def bench_end_to_end(
     return rows
 
 
+def bench_targets(n_math: int, n_images: int, device: torch.device, weights: str, precisions: list[str]) -> None:
+    """genlab alone against the targets: all metric math on n_math vs n_math 2048-d features (time and extra
+    device memory), and n_images generated images scored against cached real features at each precision."""
+    from genlab.evaluator import FeatureSet, MetricSettings, compute_metrics, extract
+    from genlab.features.inception import InceptionExtractor
+
+    groups = ["fid", "is", "kid", "pr", "dc"]
+    g = torch.Generator().manual_seed(0)
+    real = FeatureSet(torch.randn(n_math, 2048, generator=g), torch.randn(n_math, 1008, generator=g)).to(device)
+    fake = FeatureSet(torch.randn(n_math, 2048, generator=g) + 0.1, torch.randn(n_math, 1008, generator=g)).to(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated() if device.type == "cuda" else 0
+    settings = MetricSettings(kid_subset_size=min(1000, n_math))
+    seconds = timed(lambda: compute_metrics(real, fake, groups, settings), device)
+    extra = (torch.cuda.max_memory_allocated() - base) / 2**30 if device.type == "cuda" else float("nan")
+    print(f"all metric math, {n_math} vs {n_math} 2048-d: {seconds:.3f} s, {extra:.2f} GiB extra device memory")
+    images = (torch.rand(n_images, 3, 32, 32, generator=g) * 255).to(torch.uint8).to(device)
+    batch = 1000 if device.type == "cuda" else 50
+    for precision in precisions:
+        extractor = InceptionExtractor(weights_path=weights, precision=precision).to(device).eval()
+        cached = extract(extractor, [(images[:batch].float() / 255, None)], device)
+        real_side = FeatureSet(cached.features.repeat(n_images // batch, 1), cached.logits.repeat(n_images // batch, 1))
+
+        def score(extractor: InceptionExtractor = extractor, real_side: FeatureSet = real_side) -> None:
+            batches = [(images[i : i + batch].float() / 255, None) for i in range(0, n_images, batch)]
+            fake_side = extract(extractor, batches, device)
+            settings = MetricSettings(kid_subset_size=min(1000, n_images))
+            compute_metrics(real_side, fake_side, ["fid", "is", "kid", "pr"], settings)
+
+        print(f"{n_images} images scored against cached real features ({precision}): {timed(score, device):.3f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=2000, help="real and fake samples each")
@@ -137,6 +172,7 @@ def main() -> None:
     parser.add_argument("--end-to-end", action="store_true", help="also time image -> metrics (InceptionV3)")
     parser.add_argument("--weights", default=None, help="torch-fidelity's inception weights file")
     parser.add_argument("--precisions", default="fp32,tf32,bf16")
+    parser.add_argument("--targets", action="store_true", help="genlab alone: 50k metric math, 10k cached scoring")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = True
@@ -151,6 +187,11 @@ def main() -> None:
         print(f"{name:<42} {ref:12.3f} {ours:10.3f} {ref / ours:6.2f}x")
     total_ref, total_ours = sum(r[1] for r in rows[:4]), sum(r[2] for r in rows[:4])
     print(f"{'metric math total':<42} {total_ref:12.3f} {total_ours:10.3f} {total_ref / total_ours:6.2f}x")
+    if args.targets:
+        with tempfile.TemporaryDirectory() as tmp:
+            weights = args.weights or random_inception_weights(tmp)
+            big = device.type == "cuda"
+            bench_targets(50_000 if big else 2_000, 10_000 if big else 200, device, weights, args.precisions.split(","))
 
 
 if __name__ == "__main__":
