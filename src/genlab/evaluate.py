@@ -62,7 +62,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         check_metric_names,
         compute_metrics,
         dataset_features,
-        extract,
+        extract_images,
         make_extractor,
         sample_features,
     )
@@ -100,8 +100,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         )
     else:
         images = load_image_folder(fake_dir, dm.image_shape, limit=n)
-        batches = [(images[i : i + batch_size].float() / 255, None) for i in range(0, len(images), batch_size)]
-        fake = extract(extractor, batches, device)
+        fake = extract_images(images, None, extractor, device, batch_size, s["progress"], "eval: image folder")
     groups = [g for g in groups if conditional or g not in CONDITIONAL_GROUPS]
     settings = MetricSettings(s["is_splits"], s["kid_subsets"], s["kid_subset_size"], s["pr_k"], s["dc_k"])
     results = compute_metrics(real, fake, groups, settings)

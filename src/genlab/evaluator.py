@@ -75,15 +75,11 @@ def extract(
     extractor: FeatureExtractor, batches: Iterable[tuple[Tensor, Tensor | None]], device: torch.device | str
 ) -> FeatureSet:
     """Run `extractor` over (images in [0, 1], labels or None) batches; results stay on `device`."""
-    features, logits, labels = [], [], []
+    sets = []
     for x, y in batches:
         f, lg = extractor(x.to(device))
-        features.append(f.float())
-        if lg is not None:
-            logits.append(lg.float())
-        if y is not None:
-            labels.append(y.to(device))
-    return FeatureSet(torch.cat(features), torch.cat(logits) if logits else None, torch.cat(labels) if labels else None)
+        sets.append(FeatureSet(f.float(), None if lg is None else lg.float(), None if y is None else y.to(device)))
+    return FeatureSet.concat(sets)
 
 
 def batch_plan(num_samples: int, batch_size: int) -> list[tuple[int, int]]:
@@ -126,29 +122,6 @@ def sample_features(
     return out
 
 
-def real_features(
-    images: Tensor,
-    labels: Tensor | None,
-    extractor: FeatureExtractor,
-    key: dict,
-    cache_dir: str | Path | None,
-    device: torch.device | str,
-    batch_size: int = 500,
-    progress: bool = True,
-) -> FeatureSet:
-    """Features of uint8 images (N, C, H, W), cached in `cache_dir` under `key` (recomputed if corrupt/stale;
-    of several processes, one computes and the others read its file)."""
-    name = "real-" + "-".join(str(v) for v in key.values()).replace("/", "_") + ".pt"
-    path = None if cache_dir is None else Path(cache_dir) / name
-
-    def compute() -> dict[str, Tensor]:
-        found = _extract_real(images, labels, extractor, device, batch_size, progress)
-        return {k: v.cpu() for k, v in found.as_dict().items()}
-
-    saved, _ = load_or_compute(path, key, compute)
-    return FeatureSet(**saved).to(device)
-
-
 def dataset_features(
     datamodule,
     extractor: FeatureExtractor,
@@ -172,8 +145,16 @@ def dataset_features(
         "hash": extractor.weights_hash(),
         "precision": precision,
     }
-    cache = Path(cache_dir) / "features" if cache_dir else None
-    return real_features(images, labels, extractor, key, cache, device, batch_size, progress)
+    name = "real-" + "-".join(str(v) for v in key.values()).replace("/", "_") + ".pt"
+    path = Path(cache_dir) / "features" / name if cache_dir else None
+
+    def compute() -> dict[str, Tensor]:
+        found = extract_images(images, labels, extractor, device, batch_size, progress, "eval: real features")
+        return {k: v.cpu() for k, v in found.as_dict().items()}
+
+    # recomputed if corrupt or stale; of several processes, one computes and the others read its file
+    saved, _ = load_or_compute(path, key, compute)
+    return FeatureSet(**saved).to(device)
 
 
 def reference_subset(images: Tensor, labels: Tensor, n: int) -> tuple[Tensor, Tensor]:
@@ -205,12 +186,21 @@ def make_extractor(
     return build_extractor(name)  # raises, listing the valid names
 
 
-def _extract_real(images, labels, extractor, device, batch_size, progress) -> FeatureSet:
+def extract_images(
+    images: Tensor,
+    labels: Tensor | None,
+    extractor: FeatureExtractor,
+    device: torch.device | str,
+    batch_size: int = 500,
+    progress: bool = True,
+    desc: str = "eval: features",
+) -> FeatureSet:
+    """Features of uint8 images (N, C, H, W) (and their labels, if any), `batch_size` at a time."""
     chunks = [
         (images[i : i + batch_size].float() / 255, None if labels is None else labels[i : i + batch_size])
         for i in range(0, len(images), batch_size)
     ]
-    return extract(extractor, tqdm(chunks, desc="eval: real features", leave=False, disable=not progress), device)
+    return extract(extractor, tqdm(chunks, desc=desc, leave=False, disable=not progress), device)
 
 
 @dataclass
