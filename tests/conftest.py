@@ -23,19 +23,29 @@ FAST = [
     "trainer.log_every_n_steps=1",
     "+trainer.enable_progress_bar=false",
     "+trainer.enable_model_summary=false",
-    "model.channels=[8,16]",
-    "model.latent_dim=4",
     "callbacks.sample_grid.num_samples=16",
     "callbacks.sample_grid.num_reconstructions=8",
     "eval=none",
 ]
 
 
+# Overrides that make each model config tiny (8-16 channels), keyed by the model config's name.
+TINY_MODELS: dict[str, list[str]] = {
+    "vae": ["model.channels=[8,16]", "model.latent_dim=4"],
+}
+
+
+def model_choice(overrides: tuple[str, ...]) -> str:
+    """The `model=<name>` among the overrides (the last one wins), else the default `vae`."""
+    choices = [o.split("=", 1)[1] for o in overrides if o.startswith("model=")]
+    return choices[-1] if choices else "vae"
+
+
 def compose_train(run_dir: Path, *overrides: str, config_name: str = "train") -> DictConfig:
-    """The composed train.yaml (or another top config) with FAST overrides, then `overrides`, writing into
-    `run_dir`."""
+    """The composed train.yaml (or another top config) with FAST overrides and the chosen model's TINY
+    overrides, then `overrides`, writing into `run_dir`."""
     GlobalHydra.instance().clear()
-    fast = FAST if config_name == "train" else []
+    fast = [*FAST, *TINY_MODELS[model_choice(overrides)]] if config_name == "train" else []
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name=config_name, return_hydra_config=True, overrides=[*fast, *overrides])
     with open_dict(cfg):

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import FAST
+from conftest import FAST, TINY_MODELS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,7 +26,7 @@ def run_train(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
 
 
 def test_train_py_writes_a_run_folder(tmp_path: Path) -> None:
-    result = run_train(tmp_path, *FAST)
+    result = run_train(tmp_path, *FAST, *TINY_MODELS["vae"])
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = (tmp_path / "outputs" / "runs").glob("*/*_vae_synthetic")
     assert (run / "checkpoints" / "last.ckpt").is_file()
@@ -47,13 +47,15 @@ def test_unknown_choice_lists_the_valid_ones(override: str, group: str, valid: s
 
 
 def test_bad_hyperparameter_message_reaches_the_user(tmp_path: Path) -> None:
-    result = run_train(tmp_path, *FAST, "model.latent_dim=-2")
+    result = run_train(tmp_path, *FAST, *TINY_MODELS["vae"], "model.latent_dim=-2")
     assert result.returncode != 0
     assert "latent_dim must be a positive integer, got -2" in result.stderr
 
 
 def test_ddp_on_two_cpu_processes(tmp_path: Path) -> None:
-    result = run_train(tmp_path, *FAST, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2")
+    result = run_train(
+        tmp_path, *FAST, *TINY_MODELS["vae"], "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = (tmp_path / "outputs" / "runs").glob("*/*_vae_synthetic")
     assert (run / "train_ddp_process_1.log").is_file()  # the second rank ran in the same run folder

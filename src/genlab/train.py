@@ -76,6 +76,15 @@ def eval_callbacks(cfg: DictConfig) -> list[Any]:
     return callbacks
 
 
+def data_shape_kwargs(model_cfg: DictConfig, datamodule: Any) -> dict[str, int]:
+    """What the data decides for the model: the image shape, and the class count where the model config asks for
+    `num_classes: auto` (a conditional model on this dataset)."""
+    kwargs = {"image_channels": datamodule.channels, "image_size": datamodule.image_size}
+    if model_cfg.get("num_classes") == "auto":
+        kwargs["num_classes"] = datamodule.num_classes
+    return kwargs
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the configured model on the configured data; returns the last logged metrics."""
     import lightning as L
@@ -94,10 +103,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # inside Lightning itself
 
     datamodule: L.LightningDataModule = instantiate(cfg.data)
-    # The data decides the image shape; the model config says everything else.
-    model: L.LightningModule = instantiate(
-        cfg.model, image_channels=datamodule.channels, image_size=datamodule.image_size, _convert_="all"
-    )
+    model: L.LightningModule = instantiate(cfg.model, **data_shape_kwargs(cfg.model, datamodule), _convert_="all")
     callbacks = [*instantiate_group(cfg.get("callbacks")), *eval_callbacks(cfg), RNGState()]
     loggers = instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

@@ -12,6 +12,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.seed import isolate_rng
 from torch import Tensor
@@ -48,9 +49,21 @@ class SampleGrid(L.Callback):
         self.every_n_epochs = every_n_epochs
         self.seed = seed
         self._val_images: Tensor | None = None
+        self._written_epoch = -1
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Written at validation end where validation runs: that is where weight averaging (EMA) has its averaged
+        # weights swapped in, so the grids show the weights that the evaluation scores.
+        if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
+            self.maybe_write(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+        self.maybe_write(trainer, pl_module)  # epochs without validation
+
+    def maybe_write(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch = trainer.current_epoch
+        if (epoch + 1) % self.every_n_epochs == 0 and epoch != self._written_epoch:
+            self._written_epoch = epoch
             with isolate_rng():  # grids must not change the training run's random stream
                 self.write(trainer, pl_module)
 
