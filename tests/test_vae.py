@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import lightning as L
@@ -107,3 +108,10 @@ def test_checkpoint_reloads_without_hydra_and_samples_the_same(tmp_path: Path) -
 def test_bad_hyperparameters_name_the_value(override: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         VAEModule(**{**TINY, **override})
+
+
+@pytest.mark.parametrize(("likelihood", "offset"), [("bernoulli", 0.0), ("gaussian", 6.99435)])
+def test_bits_per_dim_is_the_elbo_in_bits_per_pixel(likelihood: str, offset: float) -> None:
+    model = VAEModule(**TINY, likelihood=likelihood)
+    nelbo = torch.tensor(16 * 16 * math.log(2) * 3.0)  # 3 bits per pixel of a 16x16 grey image
+    assert model.bpd(nelbo).item() == pytest.approx(3.0 + offset, abs=1e-4)  # gaussian: + log2(255 / 2) per pixel
