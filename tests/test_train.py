@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 from pathlib import Path
 
@@ -38,6 +39,9 @@ def test_one_fast_run_writes_metrics_grids_and_checkpoints(train_cfg, tmp_path: 
     assert (run / "reconstructions" / "epoch_000.png").stat().st_size > 0
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert list((run / "checkpoints").glob("best-epoch000.ckpt"))
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "completed" and status["metrics"] == metrics
+    assert status["finished"] >= status["started"] and status["best_checkpoint"].endswith("best-epoch000.ckpt")
 
 
 def test_same_seed_same_losses_other_seed_other_losses(train_cfg) -> None:
@@ -144,6 +148,8 @@ def test_a_crash_leaves_a_checkpoint_to_resume_from(train_cfg, tmp_path: Path) -
     with pytest.raises(RuntimeError, match="planned crash"):
         train(train_cfg("crashed", "trainer.max_epochs=2", *crash))
     saved = tmp_path / "crashed" / "checkpoints" / "on_exception.ckpt"
+    status = json.loads((tmp_path / "crashed" / "status.json").read_text())
+    assert status["status"] == "failed" and "planned crash at epoch 1, batch 1" in status["error"]
     assert torch.load(saved, weights_only=True)["global_step"] == 2 + 1  # 86 images in batches of 32: 2 steps an epoch
     metrics = train(train_cfg("continued", "trainer.max_epochs=2", f"ckpt_path={saved}"))
     assert torch.isfinite(torch.tensor(metrics["val/loss"]))

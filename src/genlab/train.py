@@ -7,8 +7,12 @@ first, then the data and model (whose constructors validate their arguments), th
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import socket
 import warnings
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -110,15 +114,60 @@ def train(cfg: DictConfig) -> dict[str, float]:
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
+    status = RunStatus(Path(cfg.paths.output_dir), enabled=trainer.is_global_zero)
+    status.write("running")
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-    except BaseException:
+    except BaseException as err:
         finish_loggers(loggers, failed=True)
+        status.write("failed", error=f"{type(err).__name__}: {err}", metrics=final_metrics(trainer))
         raise
     finish_loggers(loggers)
-    if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.best_model_path:
-        log.info(f"best checkpoint: {trainer.checkpoint_callback.best_model_path}")
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback is not None else ""
+    if best:
+        log.info(f"best checkpoint: {best}")
+    metrics = final_metrics(trainer)
+    status.write("completed", metrics=metrics, evaluation=evaluation_info(callbacks), best_checkpoint=best or None)
+    return metrics
+
+
+def final_metrics(trainer: L.Trainer) -> dict[str, float]:
     return {name: float(value) for name, value in trainer.callback_metrics.items()}
+
+
+def evaluation_info(callbacks: list[Any]) -> dict[str, Any] | None:
+    """Which extractor (name, weights hash, precision) produced the run's eval/* numbers, if any."""
+    from genlab.callbacks import GenerativeEval
+
+    for callback in callbacks:
+        if isinstance(callback, GenerativeEval) and callback.extractor is not None:
+            e = callback.extractor
+            return {"extractor": e.name, "extractor_hash": e.weights_hash(), "precision": callback.precision}
+    return None
+
+
+class RunStatus:
+    """`<run folder>/status.json`: running, completed or failed, with times and the final metrics, rewritten
+    atomically at each change; a run whose file still says `running` after its process is gone crashed."""
+
+    def __init__(self, run_dir: Path, enabled: bool = True) -> None:
+        self.path, self.enabled = run_dir / "status.json", enabled
+        self.record: dict[str, Any] = {"started": now(), "pid": os.getpid(), "host": socket.gethostname()}
+
+    def write(self, status: str, **fields: Any) -> None:
+        if not self.enabled:
+            return
+        self.record.update(status=status, **fields)
+        if status != "running":
+            self.record["finished"] = now()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.record, indent=2))
+        os.replace(tmp, self.path)
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
