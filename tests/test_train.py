@@ -154,3 +154,17 @@ def test_a_crash_leaves_a_checkpoint_to_resume_from(train_cfg, tmp_path: Path) -
     metrics = train(train_cfg("continued", "trainer.max_epochs=2", f"ckpt_path={saved}"))
     assert torch.isfinite(torch.tensor(metrics["val/loss"]))
     assert torch.load(tmp_path / "continued/checkpoints/last.ckpt", weights_only=True)["global_step"] == 4
+
+
+def test_a_requeued_run_resumes_in_its_own_folder(train_cfg, tmp_path: Path) -> None:
+    """A preempted Slurm job is requeued with the same config and run folder: it must pick up from the newest
+    checkpoint there and keep the metrics already logged."""
+    crash = ["+callbacks.crash._target_=conftest.CrashAt", "+callbacks.crash.epoch=1", "+callbacks.crash.batch=1"]
+    with pytest.raises(RuntimeError, match="planned crash"):
+        train(train_cfg("job", "trainer.max_epochs=3", *crash))
+    train(train_cfg("job", "trainer.max_epochs=3"))  # the requeued job: same folder, no ckpt_path
+    run = tmp_path / "job"
+    assert torch.load(run / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 6  # 3 epochs, not 4
+    epochs = {row["epoch"] for row in read_metrics(run) if row["val/loss"]}
+    assert epochs == {"0", "1", "2"}
+    assert json.loads((run / "status.json").read_text())["status"] == "completed"

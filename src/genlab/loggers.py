@@ -1,4 +1,5 @@
-"""Logger factories that Hydra configs point at. wandb runs online when an API key is set up, else offline.
+"""Loggers that Hydra configs point at. wandb runs online when an API key is set up, else offline; the CSV
+logger appends to a resumed run's metrics.csv instead of deleting it.
 
 An offline run writes `<save_dir>/wandb/offline-run-*` that `wandb sync <that folder>` uploads later; it
 never prompts for a login and never waits on the network.
@@ -6,11 +7,14 @@ never prompts for a login and never waits on the network.
 
 from __future__ import annotations
 
+import csv
 import netrc
 import os
 from urllib.parse import urlparse
 
+from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 
@@ -49,3 +53,26 @@ def finish_loggers(loggers: list, failed: bool = False) -> None:
     for logger in loggers:
         if isinstance(logger, WandbLogger) and logger._experiment is not None:
             logger.experiment.finish(exit_code=1 if failed else 0)
+
+
+class _AppendingWriter(ExperimentWriter):
+    """Lightning's CSV writer deletes an existing metrics.csv; this one keeps its rows and header and appends.
+
+    A requeued or resumed job writing into its old run folder then keeps the curves of its earlier part. Rows
+    logged after the checkpoint it resumed from appear twice (once from each attempt); readers keep the last."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+                self.metrics_keys = sorted(csv.DictReader(file).fieldnames or [])
+
+
+class CSVLogger(LightningCSVLogger):
+    """Lightning's CSVLogger, appending to the run folder's metrics.csv when it already exists."""
+
+    @property
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
