@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -54,6 +55,19 @@ def test_training_logs_eval_metrics_and_keeps_the_best_fid_checkpoint(train_cfg,
     assert len(cached) == 1  # the real side was extracted once and cached
     hparams = (tmp_path / "run" / "csv" / "hparams.yaml").read_text()
     assert "eval/extractor: random-projection" in hparams or "eval/extractor: random" in hparams
+
+
+def test_evaluation_runs_every_n_epochs_and_at_the_last_and_best_fid_sees_only_those(train_cfg, tmp_path) -> None:
+    overrides = [*EVAL, "eval.every_n_epochs=2", f"eval.cache_dir={tmp_path / 'cache'}", "trainer.max_epochs=3"]
+    train(train_cfg("run", *overrides))
+    with open(tmp_path / "run" / "csv" / "metrics.csv") as f:
+        fids = {int(row["epoch"]): float(row["eval/fid"]) for row in csv.DictReader(f) if row.get("eval/fid")}
+    assert sorted(fids) == [1, 2]  # epoch 2 of 3 by every_n_epochs, epoch 3 as the last
+    (best,) = (tmp_path / "run" / "checkpoints").glob("best-fid-epoch*.ckpt")
+    checkpoint = torch.load(best, weights_only=False)
+    assert checkpoint["epoch"] in fids
+    (state,) = [v for k, v in checkpoint["callbacks"].items() if "eval/fid" in k]
+    assert float(state["best_model_score"]) == pytest.approx(min(fids.values()), rel=1e-5)
 
 
 def test_unknown_metric_and_extractor_list_the_valid_ones() -> None:

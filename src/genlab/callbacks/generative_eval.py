@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.seed import isolate_rng
 
@@ -80,15 +81,24 @@ class GenerativeEval(L.Callback):
         self.settings = MetricSettings(is_splits, kid_subsets, kid_subset_size, pr_k, dc_k)
         self.extractor: FeatureExtractor | None = None
         self._real: FeatureSet | None = None
+        self.evaluated_epoch = -1  # the last epoch scored, for BestFIDCheckpoint
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
+        if trainer.sanity_checking or not self.due(trainer):
             return
         with isolate_rng():  # evaluation must not change the training run's random stream
             results = self.evaluate(trainer, pl_module)
+        self.evaluated_epoch = trainer.current_epoch
         pl_module.log_dict({f"eval/{k}": v for k, v in results.items()}, sync_dist=False)
         summary = ", ".join(f"{k}={v:.4g}" for k, v in results.items())
         rank_zero_info(f"epoch {trainer.current_epoch} eval [{self.describe()}]: {summary}")
+
+    def due(self, trainer: L.Trainer) -> bool:
+        """Every `every_n_epochs` epochs, and at the last epoch so that a run always ends with its final numbers."""
+        epoch = trainer.current_epoch + 1
+        return epoch % self.every_n_epochs == 0 or (
+            trainer.max_epochs not in (None, -1) and epoch >= trainer.max_epochs
+        )
 
     def describe(self) -> str:
         e = self.extractor
@@ -162,3 +172,16 @@ class GenerativeEval(L.Callback):
             progress=self.progress and trainer.is_global_zero,
         )
         return gather_batches(sets, self.num_samples, batch_size, rank, world, trainer.strategy.all_gather)
+
+
+class BestFIDCheckpoint(ModelCheckpoint):
+    """Keeps the best model by `eval/fid`, considering only the epochs that `evaluation` scored: between
+    evaluations `eval/fid` still holds an older model's number, which must not be credited to the current one."""
+
+    def __init__(self, evaluation: GenerativeEval, **kwargs) -> None:
+        super().__init__(monitor="eval/fid", mode="min", every_n_epochs=1, save_on_train_epoch_end=False, **kwargs)
+        self.evaluation = evaluation
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.evaluation.evaluated_epoch == trainer.current_epoch:
+            super().on_validation_end(trainer, pl_module)
