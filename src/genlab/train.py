@@ -61,23 +61,50 @@ def instantiate_group(group: DictConfig | None) -> list[Any]:
 def eval_callbacks(cfg: DictConfig) -> list[Any]:
     """The GenerativeEval callback (unless eval=none) and, when it computes FID, a checkpoint of the best model
     by `eval/fid` beside last.ckpt: GANs often peak long before the end of training."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
+    from genlab.callbacks import BestFIDCheckpoint
 
     if not cfg.get("eval") or "_target_" not in cfg.eval:
         return []
-    callbacks = [instantiate(cfg.eval)]
+    evaluation = instantiate(cfg.eval)
+    callbacks = [evaluation]
     if "fid" in cfg.eval.metrics:
-        best_fid = ModelCheckpoint(
+        best_fid = BestFIDCheckpoint(
+            evaluation,
             dirpath=f"{cfg.paths.output_dir}/checkpoints",
             filename="best-fid-epoch{epoch:03d}",
-            monitor="eval/fid",
-            mode="min",
             save_top_k=1,
-            every_n_epochs=cfg.eval.every_n_epochs,
             auto_insert_metric_name=False,
         )
         callbacks.append(best_fid)
     return callbacks
+
+
+def sweep_job_device(trainer_cfg: DictConfig, job_num: int, gpu_count: int) -> list[int] | None:
+    """The GPU of job `job_num` of a sweep, round-robin over `gpu_count` visible GPUs, for one-device runs only
+    (parallel jobs from the joblib launcher then never share a GPU); None to leave the trainer config as it is."""
+    ddp = str(trainer_cfg.get("strategy", "")).startswith("ddp")
+    one_device = trainer_cfg.get("devices") in ("auto", 1, "1") and not ddp
+    on_gpu = trainer_cfg.get("accelerator") in ("auto", "gpu", "cuda")
+    if gpu_count < 2 or not (one_device and on_gpu):
+        return None
+    return [job_num % gpu_count]
+
+
+def pin_sweep_job_to_gpu(cfg: DictConfig) -> None:
+    """In a Hydra multirun on a machine with several GPUs, give each one-device job its own GPU."""
+    import torch
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import open_dict
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return
+    job_num = HydraConfig.get().job.num
+    devices = sweep_job_device(cfg.trainer, job_num, torch.cuda.device_count())
+    if devices is not None:
+        with open_dict(cfg):
+            cfg.trainer.devices = devices
+        log.info(f"sweep job {job_num}: GPU {devices[0]} of {torch.cuda.device_count()}")
 
 
 def data_shape_kwargs(model_cfg: DictConfig, datamodule: Any) -> dict[str, int]:
@@ -106,6 +133,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     warnings.filterwarnings("ignore", message=r'.*\(ckpt_path="last"\) is set, but there is no last checkpoint')
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # inside Lightning itself
 
+    pin_sweep_job_to_gpu(cfg)
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     model: L.LightningModule = instantiate(cfg.model, **data_shape_kwargs(cfg.model, datamodule), _convert_="all")
     callbacks = [*instantiate_group(cfg.get("callbacks")), *eval_callbacks(cfg), RNGState()]
@@ -170,7 +198,58 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+# Hydra plugins behind config choices: (override prefix, choice) -> (plugin module, PyPI package).
+PLUGINS = {
+    ("hydra/launcher", "joblib"): ("hydra_plugins.hydra_joblib_launcher", "hydra-joblib-launcher"),
+    ("hydra/launcher", "submitit_local"): ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher"),
+    ("hydra/launcher", "submitit_slurm"): ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher"),
+    ("hydra/sweeper", "optuna"): ("hydra_plugins.hydra_optuna_sweeper", "hydra-optuna-sweeper"),
+    ("hparams_search", "optuna"): ("hydra_plugins.hydra_optuna_sweeper", "hydra-optuna-sweeper"),
+}
+
+
+def missing_plugins(argv: list[str]) -> list[str]:
+    """The PyPI packages that the command line's launcher or search choices need and that are not installed."""
+    import importlib.util
+
+    missing = []
+    for arg in argv:
+        key, _, choice = arg.lstrip("+~").partition("=")
+        module, package = PLUGINS.get((key.removeprefix("override "), choice), (None, None))
+        if module and importlib.util.find_spec(module) is None and package not in missing:
+            missing.append(package)
+    return missing
+
+
+def check_plugins(argv: list[str]) -> None:
+    """Exit with the install command when a launcher or sweeper plugin on the command line is missing (Hydra
+    itself would only say that it cannot find the config)."""
+    missing = missing_plugins(argv)
+    if missing:
+        raise SystemExit(
+            f"{' '.join(missing)} is not installed, and the command line asks for it: "
+            f"pip install {' '.join(missing)}  (or: pip install -e '.[launchers]')"
+        )
+
+
+def optimized_value(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
+    """The metric a hyperparameter search minimises (`optimized_metric`), with a clear error if the run did not
+    log it (evaluation off, or not run at the last epoch)."""
+    name = cfg.get("optimized_metric")
+    if not name:
+        return None
+    if name not in metrics:
+        raise KeyError(f"optimized_metric={name} was not logged by this run; logged: {sorted(metrics)}")
+    return metrics[name]
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    metrics = train(cfg)
-    return metrics.get(cfg.get("optimized_metric")) if cfg.get("optimized_metric") else None
+def _main(cfg: DictConfig) -> float | None:
+    return optimized_value(cfg, train(cfg))
+
+
+def main() -> float | None:
+    import sys
+
+    check_plugins(sys.argv[1:])
+    return _main()
