@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv (once) and install genlab with its dev tools into it. Safe to run again.
+# Create .venv (once) and install genlab with its dev tools and the sweep launchers into it. Safe to run again.
 # TORCH_SPEC picks the PyTorch build; the default is a CUDA build that also runs on CPU-only machines.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,5 +8,5 @@ TORCH_SPEC=${TORCH_SPEC:-"torch==2.14.1 torchvision==0.29.1"}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 # shellcheck disable=SC2086
 .venv/bin/python -m pip install --quiet --disable-pip-version-check $TORCH_SPEC
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev,launchers]'
 echo "genlab is installed in .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"
