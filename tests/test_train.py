@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -121,17 +122,37 @@ def test_tensorboard_logger_writes_events(train_cfg, tmp_path: Path) -> None:
     assert list((tmp_path / "tb" / "tensorboard").rglob("events.out.tfevents.*"))
 
 
+def wandb_records(run: Path, timeout: float = 20.0) -> bytes:
+    """The bytes of an offline run's .wandb file once wandb's service process has flushed it: `finish()` returns
+    before that process has written the last records."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = b"".join(p.read_bytes() for p in run.glob("*.wandb"))
+        if b"train/loss" in records or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
 def test_wandb_logger_runs_offline_without_an_account(train_cfg, tmp_path: Path, monkeypatch) -> None:
     for var in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_BASE_URL"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
     monkeypatch.setenv("WANDB_SILENT", "true")
-    train(train_cfg("wb", "logger=wandb"))
+    evaluation = ["eval=default", "eval.extractor=random", "eval.num_samples=32", "eval.batch_size=16"]
+    evaluation += ["eval.kid_subsets=5", "eval.kid_subset_size=16", "eval.progress=false"]
+    metrics = train(train_cfg("wb", "logger=wandb", "trainer.max_epochs=2", *evaluation))
     runs = list((tmp_path / "wb" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
-    records = b"".join(p.read_bytes() for p in runs[0].glob("*.wandb"))
-    assert b"train/loss" in records and b"val/loss" in records and b"images/samples" in records
+    records = wandb_records(runs[0])
+    for key in (b"train/loss", b"val/loss", b"eval/fid", b"eval/precision", b"images/samples", b"best/eval_fid"):
+        assert key in records, key
+    assert f"{metrics['eval/fid']}".encode()[:6] in records
+    assert len(list((runs[0] / "files" / "media" / "images").rglob("*.png"))) >= 2  # a grid each epoch
+    (table,) = (runs[0] / "files" / "media" / "table").glob("final_metrics_*.table.json")
+    rows = dict(json.loads(table.read_text())["data"])
+    assert rows["eval/fid"] == pytest.approx(metrics["eval/fid"]) and "val/loss" in rows
+    assert b"genlab" in records and b"vae" in records  # project and the model tag
 
 
 def test_cleanup_of_copied_run_is_possible(tmp_path: Path) -> None:

@@ -42,9 +42,34 @@ def resolve_wandb_mode(mode: str = "auto") -> str:
     return "online" if wandb_api_key_available() else "offline"
 
 
-def wandb_logger(mode: str = "auto", **kwargs) -> WandbLogger:
-    """A Lightning `WandbLogger` in the resolved mode; `kwargs` go to `WandbLogger` (and on to `wandb.init`)."""
-    return WandbLogger(mode=resolve_wandb_mode(mode), **kwargs)
+def sweep_group() -> str | None:
+    """The sweep a run belongs to (its multirun folder, e.g. `multiruns/2026-11-24/10-00-00`), None outside one."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    sweep_dir = os.path.normpath(HydraConfig.get().sweep.dir)
+    return "/".join(sweep_dir.split(os.sep)[-3:])
+
+
+def wandb_logger(mode: str = "auto", group: str | None = "auto", **kwargs) -> WandbLogger:
+    """A Lightning `WandbLogger` in the resolved mode; `group="auto"` groups the runs of one sweep together.
+    `kwargs` go to `WandbLogger` (and on to `wandb.init`)."""
+    group = sweep_group() if group == "auto" else group
+    return WandbLogger(mode=resolve_wandb_mode(mode), group=group, **kwargs)
+
+
+def summarize_run(loggers: list, metrics: dict[str, float], best_fid: float | None) -> None:
+    """At the end of a run, put the best `eval/fid` in each wandb run's summary and log a table of the final
+    metrics (one row per metric), so that a sweep's runs compare at a glance in the dashboard."""
+    for logger in loggers:
+        if not isinstance(logger, WandbLogger):
+            continue
+        if best_fid is not None:
+            logger.experiment.summary["best/eval_fid"] = best_fid
+        rows = [[name, value] for name, value in sorted(metrics.items()) if name.split("/")[0] in ("eval", "val")]
+        logger.log_table(key="final_metrics", columns=["metric", "value"], data=rows)
 
 
 def finish_loggers(loggers: list, failed: bool = False) -> None:

@@ -121,7 +121,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     import lightning as L
 
     from genlab.callbacks import RNGState
-    from genlab.loggers import finish_loggers
+    from genlab.loggers import finish_loggers, summarize_run
 
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path:
@@ -150,17 +150,35 @@ def train(cfg: DictConfig) -> dict[str, float]:
         finish_loggers(loggers, failed=True)
         status.write("failed", error=f"{type(err).__name__}: {err}", metrics=final_metrics(trainer))
         raise
-    finish_loggers(loggers)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback is not None else ""
     if best:
         log.info(f"best checkpoint: {best}")
     metrics = final_metrics(trainer)
-    status.write("completed", metrics=metrics, evaluation=evaluation_info(callbacks), best_checkpoint=best or None)
+    lowest_fid = best_fid(callbacks)
+    summarize_run(loggers, metrics, lowest_fid)
+    finish_loggers(loggers)
+    status.write(
+        "completed",
+        metrics=metrics,
+        evaluation=evaluation_info(callbacks),
+        best_checkpoint=best or None,
+        best_fid=lowest_fid,
+    )
     return metrics
 
 
 def final_metrics(trainer: L.Trainer) -> dict[str, float]:
     return {name: float(value) for name, value in trainer.callback_metrics.items()}
+
+
+def best_fid(callbacks: list[Any]) -> float | None:
+    """The lowest `eval/fid` of the run (from its best-FID checkpoint callback), None without one."""
+    from genlab.callbacks import BestFIDCheckpoint
+
+    scores = [
+        c.best_model_score for c in callbacks if isinstance(c, BestFIDCheckpoint) and c.best_model_score is not None
+    ]
+    return float(scores[0]) if scores else None
 
 
 def evaluation_info(callbacks: list[Any]) -> dict[str, Any] | None:
