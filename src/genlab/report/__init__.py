@@ -1,0 +1,65 @@
+"""Offline report of a run or a sweep folder: `write_report(folder)` writes `report.html` and its PNGs.
+
+The page has the final metrics per configuration (mean ± std over seeds), metric-versus-epoch plots, the last
+sample grid of each run and each run's config and extractor; failed, crashed and half-written runs are flagged
+with their error. Command line: `python scripts/report.py <run or sweep folder> [--out DIR]`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from genlab.report.html import Page, render
+from genlab.report.plots import plot_metrics, slug
+from genlab.report.runs import NoRunsError, Run, load_runs, read_run, sweep_notes
+from genlab.report.summary import Group, extractors, group_runs
+
+__all__ = ["NoRunsError", "Run", "Group", "load_runs", "read_run", "group_runs", "write_report"]
+
+FILES = "report_files"  # the folder beside report.html that holds its PNGs
+
+
+def write_report(folder: str | Path, out: str | Path | None = None) -> Path:
+    """Write `report.html` (and `report_files/*.png`) for the runs under `folder` into `out` (default: `folder`).
+
+    Returns the page's path; raises NoRunsError when `folder` holds no run.
+    """
+    folder = Path(folder)
+    runs = load_runs(folder)
+    out = Path(out) if out is not None else folder
+    files = out / FILES
+    files.mkdir(parents=True, exist_ok=True)
+    groups = group_runs(runs)
+    plots = plot_metrics(groups, files / "plots", show_extractor=len(extractors(groups)) > 1)
+    page = Page(
+        title=f"genlab report: {folder.resolve().name}",
+        runs=runs,
+        groups=groups,
+        plots=[(metric, relative(path, out)) for metric, path in plots],
+        grids={run.name: copy_grids(run, files / "grids", out) for run in runs},
+        notes=sweep_notes(folder),
+    )
+    path = out / "report.html"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(render(page), encoding="utf-8")
+    os.replace(tmp, path)  # a reader never sees half a page
+    return path
+
+
+def copy_grids(run: Run, folder: Path, out: Path) -> list[tuple[str, str]]:
+    """Copy the run's last sample (and reconstruction) grid beside the page: [(caption, relative path), ...]."""
+    folder.mkdir(parents=True, exist_ok=True)
+    grids = []
+    for kind, source in (("samples", run.samples), ("reconstructions", run.reconstructions)):
+        if source is not None:
+            target = folder / f"{slug(run.name)}-{kind}-{source.name}"
+            shutil.copyfile(source, target)
+            grids.append((f"{kind}, {source.stem.replace('_', ' ')}", relative(target, out)))
+    return grids
+
+
+def relative(path: Path, start: Path) -> str:
+    """`path` relative to `start`, with forward slashes (a URL path)."""
+    return Path(os.path.relpath(path, start)).as_posix()
