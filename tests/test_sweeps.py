@@ -111,3 +111,19 @@ def test_optuna_search_minimises_eval_fid(tmp_path: Path) -> None:
     fids = [job["metrics"]["eval/fid"] for job in statuses(sweep).values()]
     assert len(fids) == 2 and best["best_value"] == pytest.approx(min(fids))
     assert {"model.lr", "model.latent_dim", "model.beta"} <= set(best["best_params"])
+
+
+def test_slurm_preset_configures_the_submitit_slurm_launcher(tmp_path: Path) -> None:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from genlab.train import CONFIG_DIR
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", ["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert (launcher.partition, launcher.gpus_per_node, launcher.timeout_min) == ("gpu", 1, 240)
+    assert launcher.max_num_timeout == 3 and launcher.signal_delay_s == 120
