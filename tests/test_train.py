@@ -189,3 +189,10 @@ def test_a_requeued_run_resumes_in_its_own_folder(train_cfg, tmp_path: Path) -> 
     epochs = {row["epoch"] for row in read_metrics(run) if row["val/loss"]}
     assert epochs == {"0", "1", "2"}
     assert json.loads((run / "status.json").read_text())["status"] == "completed"
+
+
+def test_last_checkpoint_is_the_last_epoch_even_when_val_loss_stops_improving(train_cfg, tmp_path: Path) -> None:
+    train(train_cfg("run", "trainer.max_epochs=3", "callbacks.model_checkpoint.mode=max"))  # best: epoch 0 only
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert torch.load(checkpoints / "last.ckpt", weights_only=True)["epoch"] == 2
+    assert sorted(p.name for p in checkpoints.glob("*.ckpt")) == ["best-epoch000.ckpt", "last.ckpt"]
