@@ -21,14 +21,15 @@ class EMA(EMAWeightAveraging):
     Args:
         decay: weight of the old average at each optimizer step (0.999: an average over ~1,000 steps).
         start_step: optimizer steps before the average starts (it starts as a copy of the weights then).
+        use_buffers: average the buffers too (False: copy them, for buffers that are constants).
     """
 
-    def __init__(self, decay: float = 0.999, start_step: int = 0) -> None:
+    def __init__(self, decay: float = 0.999, start_step: int = 0, use_buffers: bool = True) -> None:
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"EMA decay must be in [0, 1), got {decay!r}")
         if start_step < 0:
             raise ValueError(f"EMA start_step must be >= 0, got {start_step!r}")
-        super().__init__(decay=decay, update_starting_at_step=start_step)
+        super().__init__(decay=decay, update_starting_at_step=start_step, use_buffers=use_buffers)
 
     def has_average(self) -> bool:
         return self._average_model is not None and int(self._average_model.n_averaged) > 0
