@@ -2,13 +2,16 @@
 
 The layout follows DCGAN (Radford et al. 2016): each stage halves (or doubles) the side length with a
 4x4 stride-2 convolution; GroupNorm keeps the nets independent of batch composition, so training and
-sampling behave the same in any batch size.
+sampling behave the same in any batch size. The diffusion UNet's pieces (a sinusoidal timestep embedding and a
+residual block conditioned on it) follow Ho et al. 2020, "Denoising Diffusion Probabilistic Models".
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
 
 
@@ -63,3 +66,47 @@ class ConvDecoder(nn.Module):
     def forward(self, z: Tensor) -> Tensor:
         h = self.stem(z).view(len(z), -1, self.side, self.side)  # (B, C', s, s)
         return self.body(h)
+
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
+    """Sinusoidal embedding of (integer or real) timesteps t (B,) -> (B, dim), as the Transformer's positions
+    (Vaswani et al. 2017): geometric frequencies from 1 to 1 / max_period, cosines then sines."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    angles = t.float()[:, None] * freqs[None]  # (B, 1) * (1, half) -> (B, half)
+    emb = torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
+    return nn.functional.pad(emb, (0, dim % 2))  # an odd dim gets one zero column
+
+
+class TimeEmbedding(nn.Module):
+    """Timesteps (B,) -> (B, out_dim): the sinusoidal embedding of width `dim` through a two-layer MLP."""
+
+    def __init__(self, dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+        self.mlp = nn.Sequential(nn.Linear(dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
+
+    def forward(self, t: Tensor) -> Tensor:
+        return self.mlp(timestep_embedding(t, self.dim))
+
+
+class TimeResBlock(nn.Module):
+    """Residual block (B, in_ch, H, W) -> (B, out_ch, H, W) conditioned on an embedding (B, emb_dim): GroupNorm,
+    SiLU, 3x3 convolution twice, with the projected embedding added in between (the DDPM UNet's block).
+
+    The second convolution starts at zero, so every block starts as the identity (on its skip path) and a deep
+    UNet trains from the first step."""
+
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.block1 = nn.Sequential(norm(in_ch), nn.SiLU(), nn.Conv2d(in_ch, out_ch, 3, padding=1))
+        self.emb = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, out_ch))
+        conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        self.block2 = nn.Sequential(norm(out_ch), nn.SiLU(), nn.Dropout(dropout), conv2)
+        nn.init.zeros_(self.block2[-1].weight)
+        nn.init.zeros_(self.block2[-1].bias)
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        h = self.block1(x) + self.emb(emb)[:, :, None, None]  # (B, out_ch) -> (B, out_ch, 1, 1) over all pixels
+        return self.skip(x) + self.block2(h)

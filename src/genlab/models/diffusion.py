@@ -1,0 +1,331 @@
+"""Denoising diffusion: a small UNet trained as a DDPM, sampled with DDIM, optionally class-conditional.
+
+Ho et al. 2020, "Denoising Diffusion Probabilistic Models" (https://arxiv.org/abs/2006.11239): the network
+eps_theta(x_t, t) predicts the noise in x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, trained with the simple loss
+    loss = E_{x_0, t ~ U{0..T-1}, eps ~ N(0, I)} || eps - eps_theta(x_t, t) ||^2        (eq. 14, mean over pixels)
+Sampling uses DDIM (Song et al. 2021, https://arxiv.org/abs/2010.02502) on a subsequence of the timesteps; eta = 1
+on all timesteps is DDPM's ancestral sampler. Conditional models (num_classes > 0) drop the label with probability
+`cond_drop_prob` in training and sample with classifier-free guidance (Ho & Salimans 2022,
+https://arxiv.org/abs/2207.12598). The noise schedule lives in `genlab.models.schedule`; the UNet follows the DDPM
+one (residual blocks with GroupNorm and SiLU, a sinusoidal time embedding, self-attention at the lowest resolution)
+at a size that trains on a CPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
+from torch import Tensor, nn
+
+from genlab.checks import check_positive_int
+from genlab.models.base import GenerativeModule, check_labels, randn, to_unit
+from genlab.models.blocks import TimeEmbedding, TimeResBlock, norm
+from genlab.models.ema import EMA
+from genlab.models.schedule import SCHEDULES, NoiseSchedule
+
+VAL_SEED = 1234  # seeds the validation loss's timesteps and noise: the same draws every epoch
+
+
+class SelfAttention(nn.Module):
+    """Single-head self-attention over the pixels of a feature map (B, C, H, W), added to its input."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.norm = norm(channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.proj.weight)  # starts as the identity, like the residual blocks
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        qkv = self.qkv(self.norm(x)).flatten(2).transpose(1, 2)  # (B, 3C, H, W) -> (B, HW, 3C)
+        out = F.scaled_dot_product_attention(*qkv.chunk(3, dim=2))  # (B, HW, C)
+        return x + self.proj(out.transpose(1, 2).reshape(b, c, h, w))
+
+
+class Upsample(nn.Module):
+    """(B, C, H, W) -> (B, C, 2H, 2W): nearest neighbours, then a 3x3 convolution (no checkerboard artefacts)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class UNet(nn.Module):
+    """eps_theta(x_t, t, y): images (B, C, S, S), timesteps (B,) and labels (B,) or None -> noise (B, C, S, S).
+
+    One resolution per entry of `channels` (28 -> 14 -> 7 for three entries), `num_res_blocks` residual blocks on
+    the way down and one more on the way up, each fed the matching skip connection. The label embedding (index
+    `num_classes` = no label) is added to the time embedding.
+    """
+
+    def __init__(
+        self,
+        image_channels: int,
+        channels: Sequence[int],
+        num_res_blocks: int = 1,
+        attention: bool = True,
+        dropout: float = 0.0,
+        num_classes: int = 0,
+    ) -> None:
+        super().__init__()
+        emb_dim = 4 * channels[0]
+        self.time_embed = TimeEmbedding(channels[0], emb_dim)
+        self.class_embed = nn.Embedding(num_classes + 1, emb_dim) if num_classes > 0 else None
+        self.stem = nn.Conv2d(image_channels, channels[0], 3, padding=1)
+        skips, prev = [channels[0]], channels[0]  # widths of the feature maps kept for the way up
+        self.down = nn.ModuleList()
+        for level, ch in enumerate(channels):
+            for _ in range(num_res_blocks):
+                self.down.append(TimeResBlock(prev, ch, emb_dim, dropout))
+                skips.append(prev := ch)
+            if level < len(channels) - 1:
+                self.down.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))
+                skips.append(ch)
+        self.mid1 = TimeResBlock(prev, prev, emb_dim, dropout)
+        self.attention = SelfAttention(prev) if attention else nn.Identity()
+        self.mid2 = TimeResBlock(prev, prev, emb_dim, dropout)
+        self.up = nn.ModuleList()
+        for level, ch in reversed(list(enumerate(channels))):
+            for _ in range(num_res_blocks + 1):
+                self.up.append(TimeResBlock(prev + skips.pop(), ch, emb_dim, dropout))
+                prev = ch
+            if level > 0:
+                self.up.append(Upsample(ch))
+        self.head = nn.Sequential(norm(prev), nn.SiLU(), nn.Conv2d(prev, image_channels, 3, padding=1))
+        nn.init.zeros_(self.head[-1].weight)  # predicts eps = 0 at first: the loss starts at E[eps^2] = 1
+        nn.init.zeros_(self.head[-1].bias)
+
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        emb = self.time_embed(t)  # (B, emb_dim)
+        if self.class_embed is not None:
+            null = self.class_embed.num_embeddings - 1
+            emb = emb + self.class_embed(y if y is not None else torch.full_like(t, null))
+        h = self.stem(x)
+        skips = [h]
+        for layer in self.down:
+            h = layer(h, emb) if isinstance(layer, TimeResBlock) else layer(h)
+            skips.append(h)
+        h = self.mid2(self.attention(self.mid1(h, emb)), emb)
+        for layer in self.up:
+            # (B, C, H, W) and the skip (B, C', H, W) -> (B, C + C', H, W)
+            h = layer(torch.cat([h, skips.pop()], dim=1), emb) if isinstance(layer, TimeResBlock) else layer(h)
+        return self.head(h)
+
+
+class DiffusionModule(GenerativeModule):
+    """DDPM training with epsilon prediction, DDIM sampling, EMA weights and optional classifier-free guidance.
+
+    Args:
+        image_channels: channels of the images (1 grey, 3 colour).
+        image_size: side length; a multiple of 2 ** (len(channels) - 1).
+        num_classes: 0 for an unconditional model, else the number of labels it is conditioned on.
+        channels: UNet widths, one resolution each (the first at full size).
+        num_res_blocks: residual blocks per resolution on the way down (one more on the way up).
+        attention: self-attention at the lowest resolution.
+        dropout: dropout inside the residual blocks.
+        num_timesteps: T, the number of diffusion steps.
+        schedule: `linear` (Ho et al.) or `cosine` (Nichol & Dhariwal 2021).
+        sample_steps: DDIM steps per sample (at most T); the attribute `sample_steps` can be changed after training.
+        eta: DDIM's noise scale: 0 deterministic given the initial noise, 1 DDPM-like (attribute `eta`).
+        cond_drop_prob: probability that a training label is replaced by the null label (conditional models).
+        guidance_scale: classifier-free guidance s: eps_u + s (eps_c - eps_u); 1 = plain conditional, 0 =
+            unconditional (attribute `guidance_scale`).
+        ema_decay: decay of the exponential moving average of the weights that validation and sampling use; 0 = off.
+        ema_start: optimizer step at which the average starts (as a copy of the weights then).
+        lr: Adam learning rate.
+        weight_decay: Adam weight decay.
+    """
+
+    def __init__(
+        self,
+        image_channels: int = 1,
+        image_size: int = 28,
+        num_classes: int = 0,
+        channels: Sequence[int] = (32, 64, 64),
+        num_res_blocks: int = 1,
+        attention: bool = True,
+        dropout: float = 0.0,
+        num_timesteps: int = 1000,
+        schedule: str = "linear",
+        sample_steps: int = 50,
+        eta: float = 0.0,
+        cond_drop_prob: float = 0.1,
+        guidance_scale: float = 1.0,
+        ema_decay: float = 0.99,
+        ema_start: int = 50,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        check_hparams(**self.hparams)  # every constructor argument, by name
+        self.num_classes = num_classes
+        try:
+            self.unet = UNet(image_channels, channels, num_res_blocks, attention, dropout, num_classes)
+        except ValueError as err:  # GroupNorm needs widths it can split into groups (norm() picks width // 4 <= 32)
+            raise ValueError(f"channels={list(channels)} give a width that GroupNorm cannot split: {err}") from err
+        self.schedule = NoiseSchedule(num_timesteps, schedule)
+        # what sample() uses unless told otherwise: change them to evaluate with another sampler
+        self.sample_steps, self.eta, self.guidance_scale = sample_steps, eta, guidance_scale
+
+    def forward(self, x_t: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """The predicted noise eps_theta(x_t, t, y), (B, C, S, S); y = None is the null label."""
+        return self.unet(x_t, t, y)
+
+    def eps_mse(self, x: Tensor, y: Tensor | None, generator: torch.Generator | None = None) -> Tensor:
+        """The simple loss (Ho et al. eq. 14) at random t and eps, drawn from `generator` when one is given."""
+        source = generator.device if generator is not None else x.device
+        t = torch.randint(0, self.schedule.num_timesteps, (len(x),), generator=generator, device=source).to(x.device)
+        noise = randn(tuple(x.shape), x.device, generator)
+        return F.mse_loss(self(self.schedule.q_sample(x, t, noise), t, y), noise)
+
+    def drop_labels(self, y: Tensor) -> Tensor:
+        """Labels with each replaced by the null label (index num_classes) with probability cond_drop_prob, so the
+        same network also learns the unconditional model that guidance needs."""
+        drop = torch.rand(y.shape, device=y.device) < self.hparams.cond_drop_prob
+        return torch.where(drop, torch.full_like(y, self.num_classes), y)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        loss = self.eps_mse(x, self.drop_labels(y) if self.num_classes else None)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, y = batch
+        # the same t and noise for this batch every epoch, so that the losses of two epochs compare
+        generator = torch.Generator().manual_seed(VAL_SEED + batch_idx + 1_000_003 * self.global_rank)
+        loss = self.eps_mse(x, y if self.num_classes else None, generator)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+    def configure_callbacks(self) -> list[Callback]:
+        if self.hparams.ema_decay == 0:
+            return []
+        # use_buffers=False: the only buffers are the schedule's constants, which averaging would only perturb by
+        # rounding. The callback swaps the average in for validation (so grids and eval/fid score it) and saves it.
+        return [EMA(decay=self.hparams.ema_decay, start_step=self.hparams.ema_start, use_buffers=False)]
+
+    def guided_eps(self, x: Tensor, t: Tensor, labels: Tensor | None, guidance_scale: float) -> Tensor:
+        """The noise prediction that sampling follows: with labels, Ho & Salimans' eq. 6 written with s = 1 + w,
+        eps_u + s (eps_c - eps_u), so that s = 0 is the unconditional and s = 1 the conditional prediction."""
+        if labels is None or guidance_scale == 1:
+            return self(x, t, labels)
+        null = torch.full_like(labels, self.num_classes)
+        if guidance_scale == 0:
+            return self(x, t, null)
+        # one batch of 2B: (x, labels) then (x, null)
+        eps_cond, eps_uncond = self(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null])).chunk(2)
+        return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+
+    def denoise_step(
+        self,
+        x: Tensor,
+        t: Tensor,
+        t_prev: Tensor,
+        labels: Tensor | None,
+        eta: float,
+        guidance_scale: float,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """One DDIM step x_t -> x_{t_prev} for the batch x (B, C, S, S); t and t_prev are (B,)."""
+        eps = self.guided_eps(x, t, labels, guidance_scale)
+        noise = randn(tuple(x.shape), x.device, generator) if eta > 0 else None
+        return self.schedule.ddim_step(eps, x, t, t_prev, eta, noise)[0]
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        labels: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        *,
+        steps: int | None = None,
+        eta: float | None = None,
+        guidance_scale: float | None = None,
+    ) -> Tensor:
+        """n images (n, C, S, S) in [0, 1]: DDIM from x_T ~ N(0, I) over `steps` timesteps (default: the attributes
+        sample_steps, eta and guidance_scale). All noise comes from `generator`."""
+        check_labels(self.num_classes, n, labels)
+        steps = self.sample_steps if steps is None else steps
+        eta = self.eta if eta is None else eta
+        guidance_scale = self.guidance_scale if guidance_scale is None else guidance_scale
+        check_sampler(eta, guidance_scale)
+        timesteps = self.schedule.ddim_timesteps(steps)  # checks steps
+        labels = labels.to(self.device) if labels is not None else None
+        size = self.hparams.image_size
+        x = randn((n, self.hparams.image_channels, size, size), self.device, generator)
+        for t, t_prev in zip(timesteps[:-1], timesteps[1:], strict=True):
+            x = self.denoise_step(x, t.expand(n), t_prev.expand(n), labels, eta, guidance_scale, generator)
+        return to_unit(x)
+
+
+def check_sampler(eta: float, guidance_scale: float) -> None:
+    """Raise a ValueError unless eta is in [0, 1] and guidance_scale >= 0."""
+    if not 0 <= eta <= 1:
+        raise ValueError(f"eta must be in [0, 1] (0 = deterministic DDIM, 1 = DDPM-like), got {eta!r}")
+    if not guidance_scale >= 0:
+        raise ValueError(f"guidance_scale must be >= 0 (0 = unconditional, 1 = conditional), got {guidance_scale!r}")
+
+
+def check_hparams(
+    image_channels: int,
+    image_size: int,
+    num_classes: int,
+    channels: Sequence[int],
+    num_res_blocks: int,
+    attention: bool,
+    dropout: float,
+    num_timesteps: int,
+    schedule: str,
+    sample_steps: int,
+    eta: float,
+    cond_drop_prob: float,
+    guidance_scale: float,
+    ema_decay: float,
+    ema_start: int,
+    lr: float,
+    weight_decay: float,
+) -> None:
+    """Raise a ValueError naming the first invalid hyperparameter and what is allowed."""
+    check_positive_int("image_channels", image_channels)
+    check_positive_int("num_classes", num_classes, allow_zero=True)
+    if not channels or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in channels):
+        raise ValueError(f"channels must be a non-empty list of positive integers, got {channels!r}")
+    factor = 2 ** (len(channels) - 1)
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < factor or image_size % factor:
+        raise ValueError(
+            f"image_size={image_size!r} cannot be handled: the UNet halves it {len(channels) - 1} times "
+            f"(channels={list(channels)}), so it must be a positive multiple of {factor}"
+        )
+    check_positive_int("num_res_blocks", num_res_blocks)
+    if not isinstance(attention, bool):
+        raise ValueError(f"attention must be true or false, got {attention!r}")
+    if not 0 <= dropout < 1:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    check_positive_int("num_timesteps", num_timesteps)
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {list(SCHEDULES)}, got {schedule!r}")
+    check_positive_int("sample_steps", sample_steps)
+    if sample_steps > num_timesteps:
+        raise ValueError(f"sample_steps must be at most num_timesteps={num_timesteps}, got {sample_steps}")
+    check_sampler(eta, guidance_scale)
+    if not 0 <= cond_drop_prob < 1:
+        raise ValueError(f"cond_drop_prob must be in [0, 1), got {cond_drop_prob!r}")
+    if not 0 <= ema_decay < 1:
+        raise ValueError(f"ema_decay must be in [0, 1) (0 = no EMA), got {ema_decay!r}")
+    check_positive_int("ema_start", ema_start, allow_zero=True)
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr!r}")
+    if not weight_decay >= 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")

@@ -1,0 +1,246 @@
+"""The diffusion model: schedule closed forms, DDIM against the DDPM posterior, reproducible sampling, classifier-free
+guidance, the seeded validation loss and bad hyperparameters."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import EMAWeightAveraging
+from torch import Tensor, nn
+
+from genlab.data import SyntheticDataModule
+from genlab.models.diffusion import DiffusionModule, UNet
+from genlab.models.schedule import NoiseSchedule
+
+TINY = {"image_channels": 1, "image_size": 16, "channels": [8, 16], "num_timesteps": 20, "sample_steps": 4}
+
+
+def randomized(model: DiffusionModule) -> DiffusionModule:
+    """The model with every weight perturbed: a fresh UNet's zero-initialised output layer predicts eps = 0 whatever
+    its input, which would let label and guidance tests pass vacuously."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    return model
+
+
+class StubEps(nn.Module):
+    """A known eps-predictor standing in for the UNet: eps(x, t) = 0.8 tanh(x) + t / 100."""
+
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        return 0.8 * torch.tanh(x) + t.view(-1, 1, 1, 1) / 100
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_alphas_cumprod_is_the_cumulative_product(schedule: str) -> None:
+    s = NoiseSchedule(100, schedule)
+    torch.testing.assert_close(s.alphas, 1 - s.betas)
+    torch.testing.assert_close(s.alphas_cumprod, torch.cumprod(s.alphas.double(), 0).float())
+    assert (s.betas > 0).all() and (s.betas <= 0.999).all() and s.alphas_cumprod[-1] < 1e-3
+
+
+def test_linear_schedule_is_ho_et_al_at_1000_steps() -> None:
+    betas = NoiseSchedule(1000, "linear").betas
+    torch.testing.assert_close(betas[[0, -1]], torch.tensor([1e-4, 0.02]))
+    torch.testing.assert_close(betas.diff(), torch.full((999,), (0.02 - 1e-4) / 999), rtol=1e-3, atol=1e-8)
+
+
+def test_cosine_alphas_cumprod_is_f_t_over_f_0_up_to_clipping() -> None:
+    steps, s = 50, 0.008
+    schedule = NoiseSchedule(steps, "cosine")
+    f = [math.cos((t / steps + s) / (1 + s) * math.pi / 2) ** 2 for t in range(steps + 1)]
+    expected = torch.tensor([f[t + 1] / f[0] for t in range(steps)])  # index t is the paper's step t + 1
+    clipped = schedule.betas == 0.999
+    assert clipped.tolist() == [False] * (steps - 1) + [True]  # f(1) = 0 makes the last beta 1, clipped to 0.999
+    torch.testing.assert_close(schedule.alphas_cumprod[:-1], expected[:-1].float())
+    torch.testing.assert_close(schedule.alphas_cumprod[-1], schedule.alphas_cumprod[-2] * (1 - 0.999))
+
+
+def test_q_sample_has_the_closed_form_mean_and_variance() -> None:
+    schedule = NoiseSchedule(100, "linear")
+    t = torch.tensor([0, 10, 50, 99])
+    abar = schedule.alphas_cumprod[t].view(-1, 1, 1, 1)
+    x0 = torch.rand(4, 1, 4, 4) * 2 - 1
+    noise = torch.randn(4, 1, 4, 4)
+    torch.testing.assert_close(schedule.q_sample(x0, t, noise), abar.sqrt() * x0 + (1 - abar).sqrt() * noise)
+    # empirically: 20,000 draws for one pixel value x0 = 0.7 at each t
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.full((4, 20_000, 1, 1), 0.7)
+    xt = torch.stack(
+        [schedule.q_sample(x0[i], t[i].expand(20_000), torch.randn(20_000, 1, 1, 1, generator=g)) for i in range(4)]
+    )
+    abar = abar.view(4)
+    torch.testing.assert_close(xt.flatten(1).mean(1), abar.sqrt() * 0.7, atol=0.02, rtol=0)
+    torch.testing.assert_close(xt.flatten(1).var(1), 1 - abar, atol=0.02, rtol=0.03)
+
+
+def test_posterior_is_ho_et_al_eq_7_and_bayes_rule() -> None:
+    schedule = NoiseSchedule(30, "cosine")
+    t = torch.tensor([1, 7, 15, 29])
+    x0, xt = torch.rand(4, 1, 3, 3) * 2 - 1, torch.randn(4, 1, 3, 3)
+    mean, var = schedule.posterior_mean_variance(x0, xt, t)
+    b = schedule.betas.double()
+    abar = torch.cumprod(1 - b, 0)
+    a_t, ab_t, ab_prev, b_t = (v.view(-1, 1, 1, 1) for v in ((1 - b)[t], abar[t], abar[t - 1], b[t]))
+    # eq. 7, written out
+    eq7_mean = ab_prev.sqrt() * b_t / (1 - ab_t) * x0 + a_t.sqrt() * (1 - ab_prev) / (1 - ab_t) * xt
+    eq7_var = (1 - ab_prev) / (1 - ab_t) * b_t
+    torch.testing.assert_close(mean, eq7_mean.float())
+    torch.testing.assert_close(var, eq7_var.float())
+    # Bayes' rule: q(x_{t-1} | x_0) = N(sqrt(abar_{t-1}) x0, 1 - abar_{t-1}) times q(x_t | x_{t-1}) =
+    # N(sqrt(a_t) x_{t-1}, b_t), a Gaussian in x_{t-1} whose precision is the sum of the two precisions
+    precision = 1 / (1 - ab_prev) + a_t / b_t
+    torch.testing.assert_close(var, (1 / precision).float())
+    torch.testing.assert_close(
+        mean, ((ab_prev.sqrt() * x0 / (1 - ab_prev) + a_t.sqrt() * xt / b_t) / precision).float()
+    )
+    assert torch.all(schedule.posterior_mean_variance(x0, xt, torch.zeros(4, dtype=torch.long))[1] == 0)
+
+
+def test_ddim_on_all_timesteps_with_eta_1_is_the_ddpm_posterior() -> None:
+    model = DiffusionModule(**{**TINY, "num_timesteps": 12, "sample_steps": 12}, eta=1.0)
+    model.unet = StubEps()
+    schedule = model.schedule
+    timesteps = schedule.ddim_timesteps(12)
+    assert timesteps.tolist() == [*range(11, -1, -1), -1]
+    x = 1.5 * torch.randn(3, 1, 16, 16)
+    for t, t_prev in zip(timesteps[:-1].tolist(), timesteps[1:].tolist(), strict=True):
+        tt, tp = torch.full((3,), t), torch.full((3,), t_prev)
+        sigma = schedule.ddim_sigma(tt, tp, eta=1.0)
+        x0 = schedule.predict_x0(x, tt, StubEps()(x, tt)).clamp(-1, 1)
+        mean, var = schedule.posterior_mean_variance(x0, x, tt)
+        torch.testing.assert_close(sigma**2, var.view(3), atol=1e-6, rtol=1e-4)  # sigma_t^2 = beta_tilde_t
+        deterministic = schedule.ddim_step(StubEps()(x, tt), x, tt, tp, eta=1.0, noise=torch.zeros_like(x))[0]
+        torch.testing.assert_close(deterministic, mean, atol=1e-5, rtol=1e-4)
+        noise = torch.randn(3, 1, 16, 16, generator=torch.Generator().manual_seed(t))
+        x_prev = model.denoise_step(x, tt, tp, None, 1.0, 1.0, torch.Generator().manual_seed(t))
+        torch.testing.assert_close(x_prev, mean + var.sqrt() * noise, atol=1e-5, rtol=1e-4)
+        x = x_prev
+    assert x.abs().max() <= 1  # the last step (t = 0 -> x_0) returns the clamped x_0 prediction
+
+
+def test_ddim_with_eta_0_steps_along_the_predicted_noise() -> None:
+    schedule = NoiseSchedule(50, "linear")
+    torch.manual_seed(0)
+    xt, eps = torch.randn(2, 1, 4, 4) * 0.2, torch.randn(2, 1, 4, 4) * 0.1
+    t, t_prev = torch.tensor([10, 10]), torch.tensor([4, 4])
+    x_prev, x0 = schedule.ddim_step(eps, xt, t, t_prev, eta=0.0)
+    torch.testing.assert_close(schedule.ddim_sigma(t, t_prev, 0.0), torch.zeros(2))
+    ab, ab_prev = schedule.alphas_cumprod[10], schedule.alphas_cumprod[4]
+    torch.testing.assert_close(x0, (xt - (1 - ab).sqrt() * eps) / ab.sqrt())
+    assert x0.abs().max() < 1  # not clamped, so eq. 12 with sigma = 0 holds with the network's own eps
+    torch.testing.assert_close(x_prev, ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps)
+    big = schedule.ddim_step(eps + 5, xt, t, t_prev, eta=0.0)[1]
+    assert big.abs().max() == 1  # a prediction outside the data range is clamped
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_sampling_with_a_generator_is_reproducible(eta: float) -> None:
+    model = randomized(DiffusionModule(**TINY, eta=eta))
+    a = model.sample(3, generator=torch.Generator().manual_seed(0))
+    assert a.shape == (3, 1, 16, 16) and a.min() >= 0 and a.max() <= 1
+    assert torch.equal(a, model.sample(3, generator=torch.Generator().manual_seed(0)))
+    assert not torch.equal(a, model.sample(3, generator=torch.Generator().manual_seed(1)))
+    other_eta = model.sample(3, generator=torch.Generator().manual_seed(0), eta=1.0 - eta)
+    assert not torch.allclose(a, other_eta)
+
+
+def test_sample_steps_are_settable_after_training() -> None:
+    model = DiffusionModule(**TINY)
+    calls = []
+    model.unet.register_forward_hook(lambda module, args, out: calls.append(args[1][0].item()))
+    model.sample(2)
+    assert calls == [19, 13, 6, 0]  # sample_steps=4 evenly from T-1 to 0
+    calls.clear()
+    model.sample_steps = 2
+    model.sample(2)
+    assert calls == [19, 0]
+    calls.clear()
+    model.sample(2, steps=20)
+    assert calls == list(range(19, -1, -1))
+    with pytest.raises(ValueError, match=r"sample_steps must be an integer in \[1, num_timesteps=20\], got 21"):
+        model.sample(2, steps=21)
+
+
+def test_guidance_scale_0_and_1_give_the_unconditional_and_conditional_prediction() -> None:
+    model = randomized(DiffusionModule(**TINY, num_classes=3))
+    x, t, y = torch.randn(4, 1, 16, 16), torch.tensor([0, 5, 10, 19]), torch.tensor([0, 1, 2, 1])
+    null = torch.full_like(y, 3)
+    cond, uncond = model(x, t, y), model(x, t, null)
+    assert not torch.allclose(cond, uncond, atol=1e-3)  # the label matters
+    torch.testing.assert_close(model(x, t), uncond)  # no labels = the null label
+    torch.testing.assert_close(model.guided_eps(x, t, y, 1.0), cond)
+    torch.testing.assert_close(model.guided_eps(x, t, y, 0.0), uncond)
+    torch.testing.assert_close(model.guided_eps(x, t, y, 3.0), uncond + 3 * (cond - uncond), atol=1e-5, rtol=1e-4)
+
+
+def test_conditional_sampling_honours_labels() -> None:
+    model = randomized(DiffusionModule(**TINY, num_classes=3, guidance_scale=2.0))
+    labels = torch.tensor([0, 1, 2])
+    a = model.sample(3, labels, generator=torch.Generator().manual_seed(0))
+    same = model.sample(3, labels, generator=torch.Generator().manual_seed(0))
+    other = model.sample(3, labels.flip(0), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a, same)
+    assert torch.equal(a[1], other[1]) and not torch.allclose(a[0], other[0])
+    with pytest.raises(ValueError, match="needs labels"):
+        model.sample(3)
+
+
+def test_label_dropout_uses_the_null_label() -> None:
+    torch.manual_seed(0)
+    y = torch.randint(0, 5, (10_000,))
+    dropped = DiffusionModule(**TINY, num_classes=5, cond_drop_prob=0.25).drop_labels(y)
+    is_null = dropped == 5
+    assert 0.23 < is_null.float().mean() < 0.27
+    assert torch.equal(dropped[~is_null], y[~is_null])
+    assert torch.equal(DiffusionModule(**TINY, num_classes=5, cond_drop_prob=0.0).drop_labels(y), y)
+
+
+@pytest.mark.parametrize(("image_channels", "image_size", "channels"), [(1, 28, [8, 16, 16]), (3, 32, [8, 16, 16])])
+def test_unet_keeps_the_image_shape(image_channels: int, image_size: int, channels: list[int]) -> None:
+    unet = UNet(image_channels, channels, num_res_blocks=2, num_classes=10)
+    x = torch.randn(2, image_channels, image_size, image_size)
+    assert unet(x, torch.tensor([3, 999]), torch.tensor([1, 10])).shape == x.shape
+
+
+def test_validation_loss_is_seeded_and_ema_is_configured() -> None:
+    L.seed_everything(0)
+    model = DiffusionModule(**TINY, ema_decay=0.9, ema_start=3)
+    (ema,) = model.configure_callbacks()
+    assert isinstance(ema, EMAWeightAveraging) and ema.update_starting_at_step == 3
+    assert DiffusionModule(**TINY, ema_decay=0.0).configure_callbacks() == []
+    data = SyntheticDataModule(num_samples=64, image_size=16, batch_size=16)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    first = trainer.validate(randomized(model), datamodule=data, verbose=False)[0]["val/loss"]
+    torch.manual_seed(123)  # the global RNG does not enter the validation loss
+    assert trainer.validate(model, datamodule=data, verbose=False)[0]["val/loss"] == first
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"channels": []}, "channels must be a non-empty list of positive integers"),
+        ({"channels": [8, 14]}, r"channels=\[8, 14\] give a width that GroupNorm cannot split"),
+        ({"image_size": 18, "channels": [8, 16, 16]}, r"image_size=18 cannot be handled: .* multiple of 4"),
+        ({"num_classes": -1}, "num_classes must be a non-negative integer, got -1"),
+        ({"num_res_blocks": 0}, "num_res_blocks must be a positive integer, got 0"),
+        ({"dropout": 1.0}, r"dropout must be in \[0, 1\), got 1.0"),
+        ({"num_timesteps": 0}, "num_timesteps must be a positive integer, got 0"),
+        ({"schedule": "sigmoid"}, r"schedule must be one of \['linear', 'cosine'\], got 'sigmoid'"),
+        ({"sample_steps": 0}, "sample_steps must be a positive integer, got 0"),
+        ({"sample_steps": 50}, "sample_steps must be at most num_timesteps=20, got 50"),
+        ({"eta": 1.5}, r"eta must be in \[0, 1\] .*, got 1.5"),
+        ({"guidance_scale": -1.0}, "guidance_scale must be >= 0 .*, got -1.0"),
+        ({"cond_drop_prob": 1.0}, r"cond_drop_prob must be in \[0, 1\), got 1.0"),
+        ({"ema_decay": 1.0}, r"ema_decay must be in \[0, 1\) .*, got 1.0"),
+        ({"ema_start": -5}, "ema_start must be a non-negative integer, got -5"),
+        ({"lr": 0.0}, "lr must be > 0, got 0.0"),
+    ],
+)
+def test_bad_hyperparameters_name_the_value(override: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        DiffusionModule(**{**TINY, **override})
