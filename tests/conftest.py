@@ -31,7 +31,20 @@ FAST = [
 
 # Overrides that make each model config tiny (8-16 channels), keyed by the model config's name.
 TINY_MODELS: dict[str, list[str]] = {
+    "gmm": ["model.num_components=3", "model.pca_dim=8"],
+    "ae": ["model.channels=[8,16]", "model.latent_dim=4", "model.latent_components=2"],
     "vae": ["model.channels=[8,16]", "model.latent_dim=4"],
+    "dvae": [
+        "model.channels=[8,16]",
+        "model.num_tokens=16",
+        "model.code_dim=8",
+        "model.prior_dim=16",
+        "model.prior_layers=1",
+        "model.prior_heads=2",
+    ],
+    "gan": ["model.channels=[8,16]", "model.latent_dim=8"],
+    "cgan": ["model.channels=[8,16]", "model.latent_dim=8"],
+    "diffusion": ["model.channels=[8,16]", "model.num_timesteps=20", "model.sample_steps=5", "model.attention=false"],
 }
 
 
