@@ -142,7 +142,9 @@ def table(records: list[dict], args: argparse.Namespace) -> str:
         digits = {"kid": 3, "precision": 3, "recall": 3, "density": 3, "coverage": 3, "accuracy": 3}
         metric_cells = [cell([r["metrics"][c] for r in rs if c in r["metrics"]], digits.get(c, 2)) for c in columns]
         timing = [cell([r["epochs"] for r in rs], 0), cell([r["train_s"] for r in rs], 0)]
-        lines.append("| " + " | ".join([model, *metric_cells, *timing, cell([r["samples_per_s"] for r in rs], 0)]))
+        lines.append(
+            "| " + " | ".join([model, *metric_cells, *timing, cell([r["samples_per_s"] for r in rs], 0)]) + " |"
+        )
     first = records[0]
     budget = f"{args.epochs} epochs" if args.epochs else f"{args.minutes:g} minutes of training"
     seeds = ", ".join(str(s) for s in sorted({r["seed"] for r in records}))
