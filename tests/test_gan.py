@@ -13,7 +13,7 @@ import torch
 from lightning.pytorch.callbacks import EMAWeightAveraging
 from torch import nn
 
-from genlab.data import SyntheticDataModule
+from genlab.data import MNISTDataModule, SyntheticDataModule
 from genlab.models.gan import (
     Discriminator,
     GANModule,
@@ -117,6 +117,33 @@ def test_conditional_generator_output_depends_on_the_label() -> None:
     assert all(not torch.allclose(x[i], x[j]) for i in range(4) for j in range(i))
     samples = [model.sample(3, torch.full((3,), k), torch.Generator().manual_seed(0)) for k in (0, 1)]
     assert not torch.allclose(*samples)
+
+
+def test_conditional_gan_keeps_variety_within_each_class(tmp_path: Path) -> None:
+    """Three epochs of the default cGAN on the bundled digits: samples of one label still differ from one another.
+    The raw generator (no weight average) is checked, the one that collapses first. With a learned label embedding
+    it ignored z within the first epochs: a within-class spread of 0.13-0.2 of the real digits' (one image per class
+    at the end of training), against 0.4-0.8 with the one-hot label."""
+    L.seed_everything(0)
+    datamodule = MNISTDataModule(source="bundled", batch_size=128)
+    model = GANModule(num_classes=10, ema_decay=0.0)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=3,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, datamodule=datamodule)
+    images, labels = datamodule.train_set.images.float() / 255, datamodule.train_set.labels
+    generator = torch.Generator().manual_seed(0)
+    for label in (1, 3, 8):
+        real_spread = images[labels == label][:64].std(0).mean()  # per-pixel std over 64 digits, averaged
+        fake_spread = model.sample(64, torch.full((64,), label), generator).std(0).mean()
+        assert fake_spread > 0.3 * real_spread, (label, fake_spread.item(), real_spread.item())
 
 
 @pytest.mark.parametrize("spectral_norm", [False, True])

@@ -8,14 +8,15 @@ convolutions, LeakyReLU(0.2) in the discriminator, Adam with beta1 = 0.5. Three 
              D: relu(1 - D(x)) + relu(1 + D(G(z)))          G: -D(G(z))
     wgan_gp  (Gulrajani et al. 2017, https://arxiv.org/abs/1704.00028)
              D: D(G(z)) - D(x) + 10 (||grad D(x_hat)||_2 - 1)^2 at random interpolates x_hat    G: -D(G(z))
-Optional spectral normalisation of every discriminator layer (Miyato et al. 2018). The conditional model feeds a
-class embedding to the generator beside z and uses a projection discriminator (Miyato & Koyama 2018,
+Optional spectral normalisation of every discriminator layer (Miyato et al. 2018). The conditional model feeds the
+scaled one-hot label to the generator beside z and uses a projection discriminator (Miyato & Koyama 2018,
 https://arxiv.org/abs/1802.05637): D(x, y) = psi(phi(x)) + <embed(y), phi(x)>. Samples come from an exponential
 moving average of the weights, kept by Lightning's EMAWeightAveraging callback (genlab.models.ema.EMA).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import lightning as L
@@ -79,8 +80,12 @@ class Generator(nn.Module):
 
     DCGAN's generator: a linear stem to a (widest, S / 2**L, S / 2**L) map, then stride-2 4x4 transposed
     convolutions narrowing as `channels` reversed, the last one straight to the image channels, and a tanh.
-    GroupNorm instead of DCGAN's batch norm keeps a sample independent of the rest of its batch. A conditional
-    generator concatenates a learned class embedding to z.
+    GroupNorm instead of DCGAN's batch norm keeps a sample independent of the rest of its batch.
+
+    A conditional generator concatenates the one-hot label to z (Mirza & Osindero 2014), scaled to sqrt(latent_dim),
+    the expected norm of z, so that neither input drowns the other in the stem. In our MNIST runs a learned class
+    embedding (trained or frozen), or a one-hot twice as large, made the generator ignore z: one image per class
+    (recall 0.01), which a high precision and accuracy hide.
     """
 
     def __init__(
@@ -90,9 +95,9 @@ class Generator(nn.Module):
         check_image_size(image_size, channels)
         widths = list(channels)[::-1]  # widest first
         self.side = image_size // 2 ** len(widths)
-        self.embed = nn.Embedding(num_classes, latent_dim) if num_classes else None
-        in_dim = 2 * latent_dim if num_classes else latent_dim
-        self.stem = nn.Linear(in_dim, widths[0] * self.side**2)
+        self.num_classes = num_classes
+        self.label_scale = math.sqrt(latent_dim)
+        self.stem = nn.Linear(latent_dim + num_classes, widths[0] * self.side**2)
         layers: list[nn.Module] = [norm(widths[0]), nn.ReLU()]
         for ch, nxt in zip(widths, widths[1:], strict=False):
             layers += [nn.ConvTranspose2d(ch, nxt, 4, stride=2, padding=1), norm(nxt), nn.ReLU()]
@@ -100,8 +105,9 @@ class Generator(nn.Module):
         self.body = nn.Sequential(*layers)
 
     def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
-        if self.embed is not None:
-            z = torch.cat([z, self.embed(y)], dim=1)  # (B, 2 * latent_dim)
+        if self.num_classes:
+            onehot = F.one_hot(y, self.num_classes).to(z.dtype) * self.label_scale
+            z = torch.cat([z, onehot], dim=1)  # (B, latent_dim + num_classes)
         h = self.stem(z).view(len(z), -1, self.side, self.side)  # (B, widest * s^2) -> (B, widest, s, s)
         return self.body(h)
 
