@@ -220,15 +220,15 @@ class DVAEModule(GenerativeModule):
         num_res_blocks: int = 1,
         temperature_start: float = 1.0,
         temperature_end: float = 1 / 16,
-        anneal_steps: int = 600,
-        kl_weight: float = 1.0,
+        anneal_steps: int = 300,
+        kl_weight: float = 0.1,
         straight_through: bool = False,
-        prior_dim: int = 128,
+        prior_dim: int = 64,
         prior_layers: int = 4,
         prior_heads: int = 4,
-        prior_dropout: float = 0.1,
+        prior_dropout: float = 0.0,
         lr: float = 1e-3,
-        prior_lr: float = 5e-4,
+        prior_lr: float = 1e-3,
     ) -> None:
         super().__init__()
         check_autoencoder_hparams(
