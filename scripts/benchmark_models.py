@@ -66,14 +66,18 @@ def max_time(minutes: float) -> str:
     return f"trainer.max_time=00:{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+def train_overrides(args: argparse.Namespace, model: str, seed: int) -> list[str]:
+    """The Hydra overrides of one benchmark training run: the family, data, seed and budget, no in-run evaluation."""
+    budget = [f"trainer.max_epochs={args.epochs}"] if args.epochs else ["trainer.max_epochs=-1", max_time(args.minutes)]
+    return [f"model={model}", f"data={args.data}", f"seed={seed}", "eval=none", *budget, *args.extra]
+
+
 def train_and_score(args: argparse.Namespace, model: str, seed: int) -> dict:
     """One training run and its evaluation; returns the run's numbers."""
     name = f"{model}-seed{seed}"
     run_dir, eval_dir = args.out / "runs" / name, args.out / "eval" / name
     shutil.rmtree(run_dir, ignore_errors=True)
-    budget = [f"trainer.max_epochs={args.epochs}"] if args.epochs else ["trainer.max_epochs=-1", max_time(args.minutes)]
-    train = [sys.executable, "train.py", f"model={model}", f"data={args.data}", f"seed={seed}", "eval=none"]
-    train += [*budget, f"hydra.run.dir={run_dir}", *args.extra]
+    train = [sys.executable, "train.py", *train_overrides(args, model, seed), f"hydra.run.dir={run_dir}"]
     print(f"[{name}] training: {' '.join(train[1:])}", flush=True)
     train_s = run(train, args.out / f"{name}-train.log")
     ckpt = run_dir / "checkpoints" / "last.ckpt"
