@@ -193,6 +193,34 @@ def test_trainer_fit_is_one_em_iteration_per_epoch_and_validation_sees_the_new_p
     assert record.val[-1] == pytest.approx(model.log_likelihood(x).mean().item(), rel=1e-6)
 
 
+@pytest.mark.filterwarnings("ignore:.*configure_optimizers.* returned `None`")
+def test_an_epoch_cut_short_leaves_the_mixture_as_it_was(tmp_path) -> None:
+    """A stop in the middle of an epoch (trainer.max_time, a signal) must not do an M-step from part of the data."""
+
+    class StopMidSecondEpoch(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            if trainer.current_epoch == 1 and batch_idx == 1:
+                self.means = pl_module.means.clone()
+                trainer.should_stop = True
+
+    L.seed_everything(0)
+    dm = SyntheticDataModule(num_samples=80, image_size=16, batch_size=16, val_fraction=0.2)
+    model, stop = GMMModule(image_size=16, num_components=3, pca_dim=6), StopMidSecondEpoch()
+    trainer = L.Trainer(
+        max_epochs=5,
+        accelerator="cpu",
+        logger=False,
+        callbacks=[stop],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(model, datamodule=dm)
+    assert hasattr(stop, "means"), "the stop never happened"
+    torch.testing.assert_close(model.means, stop.means, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [

@@ -372,8 +372,11 @@ class GMMModule(GenerativeModule):
             self.maximize()
 
     def on_train_epoch_end(self) -> None:
-        if self._stats is not None:  # epochs without validation
+        # Epochs without validation. An epoch cut short (trainer.max_time, a stop signal) keeps the mixture: an
+        # M-step from part of the data is no EM iteration and could lower the likelihood.
+        if self._stats is not None and self._batches >= self.trainer.num_training_batches:
             self.maximize()
+        self._stats, self._batches = None, 0
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch
