@@ -368,15 +368,19 @@ class GMMModule(GenerativeModule):
     def on_validation_epoch_start(self) -> None:
         # Validation (and the evaluation at its end) runs before on_train_epoch_end: do the M-step here, but only
         # once the whole epoch has been seen (not for a validation in the middle of an epoch).
-        if self._stats is not None and self._batches >= self.trainer.num_training_batches:
+        if self.seen_whole_epoch():
             self.maximize()
 
     def on_train_epoch_end(self) -> None:
         # Epochs without validation. An epoch cut short (trainer.max_time, a stop signal) keeps the mixture: an
         # M-step from part of the data is no EM iteration and could lower the likelihood.
-        if self._stats is not None and self._batches >= self.trainer.num_training_batches:
+        if self.seen_whole_epoch():
             self.maximize()
         self._stats, self._batches = None, 0
+
+    def seen_whole_epoch(self) -> bool:
+        """Whether this epoch's statistics cover every training batch: only then is the M-step an EM iteration."""
+        return self._stats is not None and self._batches >= self.trainer.num_training_batches
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch
