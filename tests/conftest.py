@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -27,6 +28,19 @@ FAST = [
     "callbacks.sample_grid.num_reconstructions=8",
     "eval=none",
 ]
+
+
+def quiet_trainer(root: Path | None, **kwargs) -> L.Trainer:
+    """A CPU Trainer without logger, checkpoints, progress bar or model summary, writing under `root`."""
+    return L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=root,
+        **kwargs,
+    )
 
 
 # Overrides that make each model config tiny (8-16 channels), keyed by the model config's name.

@@ -8,6 +8,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from conftest import quiet_trainer
 from torch.utils.data import DataLoader, TensorDataset
 
 from genlab.data import SyntheticDataModule
@@ -34,18 +35,6 @@ def sampled_codes(model: AEModule, n: int, seed: int = 0) -> torch.Tensor:
     model.sample(n, generator=torch.Generator().manual_seed(seed))
     del model.decode
     return captured[0].double()
-
-
-def quiet_trainer(tmp_path: Path, **kwargs) -> L.Trainer:
-    return L.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        **kwargs,
-    )
 
 
 def test_gaussian_density_has_the_codes_mean_and_covariance_and_sample_uses_it() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from conftest import quiet_trainer
 
 from genlab.data import SyntheticDataModule
 from genlab.models import VAEModule
@@ -40,18 +41,8 @@ class Probe(L.Callback):
 
 
 def fit(model: L.LightningModule, root: Path, epochs: int = 1) -> L.Trainer:
-    trainer = L.Trainer(
-        callbacks=[Probe()],
-        accelerator="cpu",
-        max_epochs=epochs,
-        limit_train_batches=3,
-        limit_val_batches=1,
-        num_sanity_val_steps=0,
-        default_root_dir=root,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+    trainer = quiet_trainer(
+        root, callbacks=[Probe()], max_epochs=epochs, limit_train_batches=3, limit_val_batches=1, num_sanity_val_steps=0
     )
     trainer.fit(model, datamodule=SyntheticDataModule(num_samples=64, image_size=16, batch_size=16))
     return trainer

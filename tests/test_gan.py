@@ -10,6 +10,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from conftest import quiet_trainer
 from lightning.pytorch.callbacks import EMAWeightAveraging
 from torch import nn
 
@@ -30,17 +31,7 @@ TINY = {"image_channels": 1, "image_size": 16, "latent_dim": 4, "channels": [8, 
 
 
 def fit_batches(model: GANModule, root: Path, batches: int) -> None:
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_epochs=1,
-        limit_train_batches=batches,
-        limit_val_batches=0,
-        default_root_dir=root,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(root, max_epochs=1, limit_train_batches=batches, limit_val_batches=0)
     trainer.fit(model, datamodule=SyntheticDataModule(num_samples=64, image_size=16, batch_size=16, num_classes=4))
 
 
@@ -127,16 +118,7 @@ def test_conditional_gan_keeps_variety_within_each_class(tmp_path: Path) -> None
     L.seed_everything(0)
     datamodule = MNISTDataModule(source="bundled", batch_size=128)
     model = GANModule(num_classes=10, ema_decay=0.0)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_epochs=3,
-        limit_val_batches=0,
-        default_root_dir=tmp_path,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(tmp_path, max_epochs=3, limit_val_batches=0)
     trainer.fit(model, datamodule=datamodule)
     images, labels = datamodule.train_set.images.float() / 255, datamodule.train_set.labels
     generator = torch.Generator().manual_seed(0)

@@ -7,6 +7,7 @@ import math
 import lightning as L
 import pytest
 import torch
+from conftest import quiet_trainer
 
 from genlab.data import SyntheticDataModule
 from genlab.models.gmm import (
@@ -174,16 +175,7 @@ def test_trainer_fit_is_one_em_iteration_per_epoch_and_validation_sees_the_new_p
     # 64 training images in batches of 16: every epoch sees the same images, so EM is exact
     dm = SyntheticDataModule(num_samples=80, image_size=16, batch_size=16, val_fraction=0.2)
     model, record = GMMModule(image_size=16, num_components=3, pca_dim=6), Record()
-    trainer = L.Trainer(
-        max_epochs=5,
-        accelerator="cpu",
-        logger=False,
-        callbacks=[record],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(tmp_path, max_epochs=5, callbacks=[record])
     trainer.fit(model, datamodule=dm)
     assert bool(model.initialized)
     assert all(b >= a - 1e-6 for a, b in zip(record.train, record.train[1:], strict=False)), record.train
@@ -206,16 +198,7 @@ def test_an_epoch_cut_short_leaves_the_mixture_as_it_was(tmp_path) -> None:
     L.seed_everything(0)
     dm = SyntheticDataModule(num_samples=80, image_size=16, batch_size=16, val_fraction=0.2)
     model, stop = GMMModule(image_size=16, num_components=3, pca_dim=6), StopMidSecondEpoch()
-    trainer = L.Trainer(
-        max_epochs=5,
-        accelerator="cpu",
-        logger=False,
-        callbacks=[stop],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(tmp_path, max_epochs=5, callbacks=[stop])
     trainer.fit(model, datamodule=dm)
     assert hasattr(stop, "means"), "the stop never happened"
     torch.testing.assert_close(model.means, stop.means, rtol=0, atol=0)

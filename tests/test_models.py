@@ -15,7 +15,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import compose_train
+from conftest import compose_train, quiet_trainer
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
@@ -53,17 +53,8 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
 
 
 def fit(model: L.LightningModule, datamodule: L.LightningDataModule, root: Path, batches: int = 2) -> L.Trainer:
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_epochs=1,
-        limit_train_batches=batches,
-        limit_val_batches=1,
-        num_sanity_val_steps=0,
-        default_root_dir=root,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+    trainer = quiet_trainer(
+        root, max_epochs=1, limit_train_batches=batches, limit_val_batches=1, num_sanity_val_steps=0
     )
     trainer.fit(model, datamodule=datamodule)
     return trainer

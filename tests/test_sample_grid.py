@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning as L
 import pytest
+from conftest import quiet_trainer
 
 from genlab.callbacks import SampleGrid
 from genlab.data import SyntheticDataModule
@@ -29,15 +29,11 @@ def test_one_grid_per_epoch_written_at_validation_end_when_there_is_one(
     tmp_path: Path, val_batches: int, validating: bool
 ) -> None:
     model = RecordingVAE(image_size=16, channels=[8, 16], latent_dim=4)
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
+        tmp_path,
         max_epochs=2,
         limit_train_batches=2,
         limit_val_batches=val_batches,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         callbacks=[SampleGrid(str(tmp_path), num_samples=8, num_reconstructions=8)],
     )
     trainer.fit(model, datamodule=SyntheticDataModule(num_samples=64, image_size=16, batch_size=16))
