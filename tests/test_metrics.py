@@ -167,19 +167,40 @@ def test_state_dict_round_trip(feats: tuple[Tensor, Tensor]) -> None:
 def test_inception_score_matches_torch_fidelity(splits: int) -> None:
     logits = 4 * gaussian(503, 10, seed=6)  # N not divisible by splits
     ref = isc_features_to_metric(logits, splits=splits, shuffle=False)
-    mean, std = M.inception_score(logits, splits=splits)
+    mean, std = M.inception_score(logits, splits=splits, shuffle_seed=None)
     assert mean > 1.5
     assert rel_diff(mean, ref["inception_score_mean"]) < REL
     assert std == pytest.approx(ref["inception_score_std"], rel=REL, abs=1e-12)
     ref = isc_features_to_metric(logits, splits=splits)  # torch-fidelity's default: shuffled with seed 2020
-    mean, std = M.inception_score(logits, splits=splits, shuffle_seed=2020)
+    mean, std = M.inception_score(logits, splits=splits)  # and so is ours
     assert rel_diff(mean, ref["inception_score_mean"]) < REL
     assert std == pytest.approx(ref["inception_score_std"], rel=REL, abs=1e-12)
 
 
+def test_inception_score_does_not_depend_on_sample_order() -> None:
+    """Class-sorted samples (image files named by class) score like shuffled ones, and like torch-fidelity's
+    default call; only the explicit unshuffled option sees one class per split."""
+    labels = torch.arange(10).repeat_interleave(60)  # 600 samples sorted by class
+    logits = 6 * torch.nn.functional.one_hot(labels, 10).float() + gaussian(600, 10, seed=30)
+    shuffled = logits[torch.randperm(600, generator=torch.Generator().manual_seed(1))]
+    assert M.inception_score(logits)[0] == pytest.approx(M.inception_score(shuffled)[0], rel=0.02)
+    ref = isc_features_to_metric(logits, splits=10)
+    assert rel_diff(M.inception_score(logits)[0], ref["inception_score_mean"]) < REL
+    assert M.inception_score(logits)[0] > 5 and M.inception_score(logits, shuffle_seed=None)[0] < 1.5
+
+
+def test_inception_score_is_finite_when_a_probability_underflows() -> None:
+    logits = torch.zeros(40, 3, dtype=torch.float64)
+    logits[:, 0] = 800.0  # exp(-800) underflows to 0 in float64 for every sample of every split
+    mean, std = M.inception_score(logits, splits=4)
+    assert mean == pytest.approx(1.0) and std == pytest.approx(0.0, abs=1e-12)
+    logits[::2, 1] = 1600.0  # two classes, each certain: IS = 2
+    assert M.inception_score(logits, splits=4)[0] == pytest.approx(2.0)
+
+
 def test_inception_score_extremes() -> None:
     confident = torch.eye(10).repeat(30, 1) * 100  # sure and uniformly spread over 10 classes -> 10
-    assert M.inception_score(confident, splits=3)[0] == pytest.approx(10.0, rel=1e-6)
+    assert M.inception_score(confident, splits=3, shuffle_seed=None)[0] == pytest.approx(10.0, rel=1e-6)
     assert M.inception_score(torch.zeros(50, 10), splits=5) == pytest.approx((1.0, 0.0))  # uninformative -> 1
 
 
@@ -395,3 +416,32 @@ def test_metrics_on_cuda_match_cpu(feats: tuple[Tensor, Tensor]) -> None:
     assert M.fid_from_stats(merged, gpu_stats) == pytest.approx(
         M.fid_from_stats(FeatureStats().update(torch.cat([real, fake])), FeatureStats().update(real)), rel=1e-7
     )
+
+
+# ------------------------------------------------------------------------------------------- large common offsets
+@pytest.mark.parametrize("offset", [1e4, 1e6])
+def test_fid_is_exact_when_features_share_a_large_offset(feats: tuple[Tensor, Tensor], offset: float) -> None:
+    """Centred running sums: FID is translation invariant, so the truth is torch-fidelity's FID of the same features
+    without the offset (`x - offset` is exact in float64 here, Sterbenz). Ours is within 1e-9 of it, streamed in
+    batches and merged across halves (raw sums were off by 1e-3 relative at 1e6; torch-fidelity on the offset
+    features itself is off by 1e-9 there)."""
+    real, fake = (f.double() + offset for f in feats)
+    ref = fid_statistics_to_metric(
+        fid_features_to_statistics(real - offset), fid_features_to_statistics(fake - offset), verbose=False
+    )["frechet_inception_distance"]
+    assert rel_diff(M.fid(real, fake), ref) < 1e-9
+    streamed = FeatureStats()
+    for batch in real.split(37):
+        streamed.update(batch)
+    merged = FeatureStats().update(fake[:200]) + FeatureStats().update(fake[200:] + 0.0)
+    assert rel_diff(M.fid_from_stats(streamed, merged), ref) < 1e-9
+
+
+def test_knn_counts_are_exact_when_features_share_a_large_offset() -> None:
+    """Features at 1e4 with a spread of 1e-2 give the hit counts of the same features without the offset."""
+    real, fake = 1e-2 * gaussian(300, 16, seed=31).double(), 1e-2 * gaussian(250, 16, seed=32, shift=0.2).double()
+    with contextlib.redirect_stdout(io.StringIO()):
+        ref = compute_prdc(real.numpy(), fake.numpy(), nearest_k=5)
+    density_coverage = M.density_coverage(real + 1e4, fake + 1e4, k=5)
+    assert density_coverage == pytest.approx((ref["density"], ref["coverage"]), rel=1e-12)
+    assert M.precision_recall(real + 1e4, fake + 1e4) == M.precision_recall(real, fake)

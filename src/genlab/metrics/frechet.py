@@ -28,9 +28,12 @@ DEFAULT_CHUNK_SIZE = 4096  # rows cast to float64 at once while accumulating sta
 class FeatureStats:
     """Streaming FID statistics of (N, D) features as float64 running sums.
 
-    Holds `count` (N), `sum` (D,) and `outer` (D, D) = sum of x x^T, so 50k samples never need to be in memory at
-    once and the statistics of several processes (GPUs) add up exactly: `total = stats_a + stats_b` or
-    `sum(all_stats)`. The sums live on the device of the first batch (or `device`); later batches are moved there.
+    Holds `count` (N), `shift` (D,), `sum` (D,) = sum of (x - shift) and `outer` (D, D) = sum of (x - shift)
+    (x - shift)^T, so 50k samples never need to be in memory at once and the statistics of several processes (GPUs)
+    add up exactly: `total = stats_a + stats_b` or `sum(all_stats)`. `shift` is the first batch's mean: sums of
+    centred values keep the covariance exact when the features share a large offset (with raw sums, features at
+    1e6 with unit variance lose 12 of float64's 16 digits to cancellation in `outer - N mean mean^T`). The sums
+    live on the device of the first batch (or `device`); later batches are moved there.
 
     Example: `stats = FeatureStats(); for batch in loader: stats.update(extract(batch))`, then
     `fid_from_stats(real_stats, stats)`.
@@ -38,13 +41,15 @@ class FeatureStats:
 
     def __init__(self, dim: int | None = None, device: torch.device | str | None = None) -> None:
         self.count = 0
+        self.shift: Tensor | None = None
         self.sum: Tensor | None = None
         self.outer: Tensor | None = None
         if dim is not None:
             check_int("dim", dim, 1)
             self._allocate(dim, device)
 
-    def _allocate(self, dim: int, device: torch.device | str | None) -> None:
+    def _allocate(self, dim: int, device: torch.device | str | None, shift: Tensor | None = None) -> None:
+        self.shift = torch.zeros(dim, dtype=torch.float64, device=device) if shift is None else shift
         self.sum = torch.zeros(dim, dtype=torch.float64, device=device)
         self.outer = torch.zeros(dim, dim, dtype=torch.float64, device=device)
 
@@ -63,11 +68,11 @@ class FeatureStats:
         check_features("features", features)
         check_int("chunk_size", chunk_size, 1)
         if self.sum is None:
-            self._allocate(features.shape[1], features.device)
+            self._allocate(features.shape[1], features.device, features.double().mean(dim=0))
         elif features.shape[1] != self.dim:
             raise ValueError(f"features have dimension {features.shape[1]} but these statistics have D={self.dim}")
         for chunk in features.split(chunk_size):
-            x = chunk.to(device=self.sum.device, dtype=torch.float64)
+            x = chunk.to(device=self.sum.device, dtype=torch.float64) - self.shift
             self.sum += x.sum(dim=0)
             self.outer.addmm_(x.T, x)
         self.count += features.shape[0]
@@ -78,15 +83,23 @@ class FeatureStats:
         """(D,) float64 mean of the features seen so far (needs at least one sample)."""
         if self.count < 1:
             raise ValueError("FeatureStats has 0 samples; the mean needs at least 1")
-        return self.sum / self.count
+        return self.shift + self.sum / self.count
 
     @property
     def covariance(self) -> Tensor:
         """(D, D) float64 unbiased covariance, divided by N - 1 like numpy.cov (needs at least two samples)."""
         if self.count < 2:
             raise ValueError(f"FeatureStats has {self.count} samples; the covariance needs at least 2")
-        mean = self.mean
-        return (self.outer - self.count * torch.outer(mean, mean)) / (self.count - 1)
+        centred_mean = self.sum / self.count  # mean - shift: small, so the subtraction below cancels little
+        return (self.outer - self.count * torch.outer(centred_mean, centred_mean)) / (self.count - 1)
+
+    def shifted_to(self, shift: Tensor) -> tuple[Tensor, Tensor]:
+        """(sum, outer) of the same samples centred on `shift` (D,) instead: with d = self.shift - shift,
+        sum' = sum + N d and outer' = outer + d sum^T + sum d^T + N d d^T."""
+        d = self.shift - shift.to(self.shift.device)
+        total = self.sum + self.count * d
+        outer = self.outer + torch.outer(d, self.sum) + torch.outer(self.sum, d) + self.count * torch.outer(d, d)
+        return total, outer
 
     def merge(self, other: FeatureStats) -> FeatureStats:
         """New statistics of the union of both sample sets (on self's device); neither operand is changed."""
@@ -96,10 +109,11 @@ class FeatureStats:
             return (self if other.sum is None else other).to(self.device or other.device)
         if other.dim != self.dim:
             raise ValueError(f"cannot merge statistics of dimension {self.dim} and {other.dim}; they must match")
+        other = other.to(self.device)
+        total, outer = other.shifted_to(self.shift)
         out = FeatureStats()
         out.count = self.count + other.count
-        out.sum = self.sum + other.sum.to(self.device)
-        out.outer = self.outer + other.outer.to(self.device)
+        out.shift, out.sum, out.outer = self.shift.clone(), self.sum + total, self.outer + outer
         return out
 
     def __add__(self, other: FeatureStats) -> FeatureStats:
@@ -115,17 +129,20 @@ class FeatureStats:
         out = FeatureStats()
         out.count = self.count
         if self.sum is not None:
+            out.shift = self.shift.to(device, copy=True)
             out.sum = self.sum.to(device, copy=True)
             out.outer = self.outer.to(device, copy=True)
         return out
 
     def state_dict(self) -> dict[str, Tensor | None]:
-        """{'count': int64 scalar tensor, 'sum': (D,), 'outer': (D, D)} for torch.save or an all-reduce."""
-        return {"count": torch.tensor(self.count, dtype=torch.int64), "sum": self.sum, "outer": self.outer}
+        """{'count': int64 scalar, 'shift': (D,), 'sum': (D,), 'outer': (D, D)} for torch.save. Sums of processes
+        with different shifts do not add up: all-reduce `merge`d statistics, or give every process one shift."""
+        count = torch.tensor(self.count, dtype=torch.int64)
+        return {"count": count, "shift": self.shift, "sum": self.sum, "outer": self.outer}
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any], device: torch.device | str | None = None) -> FeatureStats:
-        """Inverse of `state_dict`, optionally moving the sums to `device`."""
+        """Inverse of `state_dict`, optionally moving the sums to `device` (a state without 'shift' has shift 0)."""
         missing = {"count", "sum", "outer"} - set(state)
         if missing:
             raise ValueError(f"state dict lacks keys {sorted(missing)}; expected 'count', 'sum' and 'outer'")
@@ -134,6 +151,9 @@ class FeatureStats:
         if state["sum"] is not None:
             out.sum = torch.as_tensor(state["sum"], dtype=torch.float64, device=device)
             out.outer = torch.as_tensor(state["outer"], dtype=torch.float64, device=device)
+            shift = state.get("shift")
+            out.shift = torch.zeros_like(out.sum) if shift is None else torch.as_tensor(shift, dtype=torch.float64)
+            out.shift = out.shift.to(out.sum.device)
             if out.outer.shape != (out.dim, out.dim):
                 raise ValueError(f"state 'outer' has shape {tuple(out.outer.shape)}, expected ({out.dim}, {out.dim})")
         return out
