@@ -79,7 +79,7 @@ def bench_end_to_end(
     """torch-fidelity's calculate_metrics vs genlab's extract-once pipeline on the same uint8 images."""
     import torch_fidelity
 
-    from genlab.evaluator import FeatureSet, MetricSettings, compute_metrics, extract
+    from genlab.evaluator import FeatureSet, compute_metrics, extract
     from genlab.features.inception import InceptionExtractor
 
     g = torch.Generator().manual_seed(0)
@@ -122,8 +122,8 @@ def bench_end_to_end(
                 extract(extractor, [(x[i : i + batch].float() / 255, None) for i in range(0, n, batch)], device)
                 for x in (real, fake)
             ]
-            settings = MetricSettings(kid_subset_size=min(1000, n))
-            compute_metrics(sets[0], FeatureSet(sets[1].features, sets[1].logits), ["fid", "is", "kid", "pr"], settings)
+            fake_side = FeatureSet(sets[1].features, sets[1].logits)
+            compute_metrics(sets[0], fake_side, ["fid", "is", "kid", "pr"], kid_subset_size=min(1000, n))
 
         rows.append((f"IS+FID+KID+P&R end to end ({precision})", timed(reference, device), timed(ours, device)))
     return rows
@@ -132,7 +132,7 @@ def bench_end_to_end(
 def bench_targets(n_math: int, n_images: int, device: torch.device, weights: str, precisions: list[str]) -> None:
     """genlab alone against the targets: all metric math on n_math vs n_math 2048-d features (time and extra
     device memory), and n_images generated images scored against cached real features at each precision."""
-    from genlab.evaluator import FeatureSet, MetricSettings, compute_metrics, extract
+    from genlab.evaluator import FeatureSet, compute_metrics, extract
     from genlab.features.inception import InceptionExtractor
 
     groups = ["fid", "is", "kid", "pr", "dc"]
@@ -143,8 +143,7 @@ def bench_targets(n_math: int, n_images: int, device: torch.device, weights: str
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated() if device.type == "cuda" else 0
-    settings = MetricSettings(kid_subset_size=min(1000, n_math))
-    seconds = timed(lambda: compute_metrics(real, fake, groups, settings), device)
+    seconds = timed(lambda: compute_metrics(real, fake, groups, kid_subset_size=min(1000, n_math)), device)
     extra = (torch.cuda.max_memory_allocated() - base) / 2**30 if device.type == "cuda" else float("nan")
     print(f"all metric math, {n_math} vs {n_math} 2048-d: {seconds:.3f} s, {extra:.2f} GiB extra device memory")
     images = (torch.rand(n_images, 3, 32, 32, generator=g) * 255).to(torch.uint8).to(device)
@@ -157,8 +156,7 @@ def bench_targets(n_math: int, n_images: int, device: torch.device, weights: str
         def score(extractor: InceptionExtractor = extractor, real_side: FeatureSet = real_side) -> None:
             batches = [(images[i : i + batch].float() / 255, None) for i in range(0, n_images, batch)]
             fake_side = extract(extractor, batches, device)
-            settings = MetricSettings(kid_subset_size=min(1000, n_images))
-            compute_metrics(real_side, fake_side, ["fid", "is", "kid", "pr"], settings)
+            compute_metrics(real_side, fake_side, ["fid", "is", "kid", "pr"], kid_subset_size=min(1000, n_images))
 
         print(f"{n_images} images scored against cached real features ({precision}): {timed(score, device):.3f} s")
 

@@ -23,9 +23,11 @@ import sys
 import time
 from pathlib import Path
 
+from genlab.metric_table import DIGITS, KEYS
+
 ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = ("gmm", "ae", "vae", "dvae", "gan", "cgan", "diffusion")
-COLUMNS = ("fid", "is", "kid", "precision", "recall", "density", "coverage", "intra_fid", "accuracy")
+COLUMNS = tuple(key for key in KEYS if not key.endswith("_std"))  # the metric table's columns, in its order
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -82,7 +84,7 @@ def train_and_score(args: argparse.Namespace, model: str, seed: int) -> dict:
     train_s = run(train, args.out / f"{name}-train.log")
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     evaluate = [sys.executable, "evaluate.py", f"ckpt_path={ckpt}", f"data={args.data}", f"hydra.run.dir={eval_dir}"]
-    evaluate += [f"eval.num_samples={args.num_samples}", f"eval.extractor={args.extractor}", "eval.progress=false"]
+    evaluate += [f"eval.num_samples={args.num_samples}", f"eval/extractor={args.extractor}", "eval.progress=false"]
     print(f"[{name}] scoring: {' '.join(evaluate[1:])}", flush=True)
     run(evaluate, args.out / f"{name}-eval.log")
     record = json.loads((eval_dir / "metrics.json").read_text())
@@ -143,8 +145,7 @@ def table(records: list[dict], args: argparse.Namespace) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     rows = sorted(by_model.items(), key=lambda kv: statistics.mean(r["metrics"]["fid"] for r in kv[1]))
     for model, rs in rows:
-        digits = {"kid": 3, "precision": 3, "recall": 3, "density": 3, "coverage": 3, "accuracy": 3}
-        metric_cells = [cell([r["metrics"][c] for r in rs if c in r["metrics"]], digits.get(c, 2)) for c in columns]
+        metric_cells = [cell([r["metrics"][c] for r in rs if c in r["metrics"]], DIGITS[c]) for c in columns]
         timing = [cell([r["epochs"] for r in rs], 0), cell([r["train_s"] for r in rs], 0)]
         lines.append(
             "| " + " | ".join([model, *metric_cells, *timing, cell([r["samples_per_s"] for r in rs], 0)]) + " |"

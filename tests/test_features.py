@@ -26,13 +26,17 @@ from genlab.data import MNISTDataModule, SyntheticDataModule
 from genlab.features import (
     RandomProjectionExtractor,
     atomic_save,
-    build_extractor,
     checked_load,
     load_or_compute,
     load_or_train_domain_extractor,
     to_uint8,
 )
-from genlab.features.inception import URL_INCEPTION_V3, InceptionExtractor, random_inception_weights
+from genlab.features.inception import (
+    URL_INCEPTION_V3,
+    InceptionExtractor,
+    inception_extractor,
+    random_inception_weights,
+)
 
 
 def images(b: int, c: int, s: int, seed: int = 0) -> Tensor:
@@ -102,18 +106,33 @@ def test_to_uint8_rejects_bad_images_naming_the_problem(bad: Tensor, message: st
 # ---------------------------------------------------------------------------------------------- factory, random
 
 
-def test_unknown_extractor_and_precision_list_the_valid_ones(inception_weights: str) -> None:
-    with pytest.raises(ValueError, match=r"unknown extractor 'clip'; valid: \['inception', 'domain', 'random'\]"):
-        build_extractor("clip")
+def test_bad_precision_lists_the_valid_ones(inception_weights: str) -> None:
     with pytest.raises(ValueError, match=r"precision must be one of \['fp32', 'tf32', 'bf16'\], got 'fp16'"):
-        build_extractor("inception", weights_path=inception_weights, precision="fp16")
-    with pytest.raises(ValueError, match="pass datamodule="):
-        build_extractor("domain")
+        inception_extractor(weights_path=inception_weights, precision="fp16")
+
+
+@pytest.mark.parametrize("name", ["domain", "inception", "random"])
+def test_every_extractor_config_builds_through_its_factory(name: str, tmp_path: Path, inception_weights: str) -> None:
+    """Extractors are configs with `_target_`: each one, instantiated as the evaluator does, gives an extractor."""
+    from conftest import compose_train
+    from hydra.utils import instantiate
+
+    cfg = compose_train(tmp_path, "eval=default", f"eval/extractor={name}", "data=synthetic", "data.num_samples=64")
+    node = cfg.eval.extractor
+    if name == "inception":
+        node.weights_path = inception_weights
+    if name == "domain":
+        node.epochs = 1
+    dm = instantiate(cfg.data)
+    extractor = instantiate(node)(datamodule=dm, cache_dir=str(tmp_path / "cache"), progress=False)
+    features, _ = extractor(images(2, 1, 28))
+    assert features.shape == (2, extractor.feature_dim)
+    assert extractor.precision == ("tf32" if name == "inception" else "fp32")  # inception reads eval.precision
 
 
 def test_random_projection_shapes_and_determinism() -> None:
     x = images(4, 1, 8)
-    a = build_extractor("random", image_shape=(1, 8, 8), dim=16, seed=0)
+    a = RandomProjectionExtractor(image_shape=(1, 8, 8), dim=16, seed=0)
     b = RandomProjectionExtractor(image_shape=(1, 8, 8), dim=16, seed=0)
     c = RandomProjectionExtractor(image_shape=(1, 8, 8), dim=16, seed=1)
     features, logits = a(x)
@@ -211,7 +230,7 @@ def test_extractors_stay_in_eval_mode(inception: InceptionExtractor) -> None:
 
 
 def test_inception_weights_errors_say_where_to_get_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(FileNotFoundError, match=f"eval.weights_path=.*no such file.*{URL_INCEPTION_V3}"):
+    with pytest.raises(FileNotFoundError, match=f"eval.extractor.weights_path=.*no such file.*{URL_INCEPTION_V3}"):
         InceptionExtractor(tmp_path / "nope.pth")
     (tmp_path / "junk.pth").write_bytes(b"not a state dict")
     with pytest.raises(ValueError, match=f"junk.pth is not an inception-v3-compat state dict.*{URL_INCEPTION_V3}"):
@@ -221,7 +240,7 @@ def test_inception_weights_errors_say_where_to_get_them(tmp_path: Path, monkeypa
         raise URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(tf_inception, "load_state_dict_from_url", offline)
-    with pytest.raises(RuntimeError, match=f"Fetch {URL_INCEPTION_V3} .* pass eval.weights_path=<that file>"):
+    with pytest.raises(RuntimeError, match=f"Fetch {URL_INCEPTION_V3} .* pass eval.extractor.weights_path=<that file>"):
         InceptionExtractor(None)
 
 
@@ -262,7 +281,7 @@ def test_domain_classifier_reaches_95_percent_and_loads_from_cache(tmp_path: Pat
 
 def test_domain_cache_corruption_is_detected_and_retrained(tmp_path: Path, caplog) -> None:
     dm = SyntheticDataModule(num_samples=64, channels=3, image_size=32)
-    first = build_extractor("domain", datamodule=dm, cache_dir=tmp_path, epochs=1, progress=False)
+    first = load_or_train_domain_extractor(dm, tmp_path, epochs=1, progress=False)
     assert first.trained and first.name == "domain-synthetic" and first.num_logits == 4
     assert [t.shape for t in first(images(2, 3, 32))] == [(2, 128), (2, 4)]
     with pytest.raises(ValueError, match=r"domain-synthetic takes images of shape \(B, 3, 32, 32\)"):
@@ -274,6 +293,20 @@ def test_domain_cache_corruption_is_detected_and_retrained(tmp_path: Path, caplo
         third = load_or_train_domain_extractor(dm, tmp_path, epochs=1, progress=False)
     assert third.trained and "truncated or corrupt" in caplog.text
     assert not load_or_train_domain_extractor(dm, tmp_path, epochs=1, progress=False).trained  # rewritten whole
+
+
+def test_domain_cache_is_keyed_on_the_recipe(tmp_path: Path) -> None:
+    """Another learning rate retrains (it used to load the old classifier); another width retrains too (it used
+    to crash loading the cached weights into the wrong shapes)."""
+    dm = SyntheticDataModule(num_samples=64, image_size=16)
+    first = load_or_train_domain_extractor(dm, tmp_path, epochs=1, progress=False)
+    assert not load_or_train_domain_extractor(dm, tmp_path, epochs=1, progress=False).trained
+    other_lr = load_or_train_domain_extractor(dm, tmp_path, epochs=1, lr=1e-3, progress=False)
+    assert other_lr.trained and other_lr.weights_hash() != first.weights_hash()
+    wider = load_or_train_domain_extractor(dm, tmp_path, epochs=1, width=8, progress=False)
+    assert wider.trained and wider.classifier.body[0].out_channels == 8
+    assert not load_or_train_domain_extractor(dm, tmp_path, epochs=1, width=8, progress=False).trained
+    assert len(list(tmp_path.glob("domain-synthetic-*.pt"))) == 3
 
 
 # ---------------------------------------------------------------------------------------------- cache

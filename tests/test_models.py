@@ -129,7 +129,7 @@ def test_checkpoint_reloads_without_hydra_and_samples_the_same(trained: dict) ->
 
 @pytest.mark.parametrize("name", ["gmm", "cgan", "diffusion"])
 def test_train_scores_the_family_with_the_shared_callback(name: str, tmp_path: Path) -> None:
-    evaluation = ["eval=default", "eval.extractor=random", "eval.num_samples=32", "eval.batch_size=16"]
+    evaluation = ["eval=default", "eval/extractor=random", "eval.num_samples=32", "eval.batch_size=16"]
     evaluation += ["eval.kid_subsets=5", "eval.kid_subset_size=16", "eval.every_n_epochs=1", "eval.progress=false"]
     cfg = compose(tmp_path / "run", name, *evaluation, f"eval.cache_dir={tmp_path / 'cache'}")
     metrics = train(cfg)

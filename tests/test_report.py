@@ -27,11 +27,13 @@ from conftest import compose_train
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
+from genlab.data import SyntheticDataModule
+from genlab.features import RandomProjectionExtractor
 from genlab.report import NoRunsError, group_runs, load_runs, write_report
 from genlab.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
-EVAL = ["eval=default", "eval.extractor=random", "eval.num_samples=32", "eval.batch_size=16", "eval.kid_subsets=5"]
+EVAL = ["eval=default", "eval/extractor=random", "eval.num_samples=32", "eval.batch_size=16", "eval.kid_subsets=5"]
 EVAL += ["eval.kid_subset_size=16", "eval.every_n_epochs=1", "eval.progress=false", "trainer.max_epochs=2"]
 CRASH = ["+callbacks.crash._target_=conftest.CrashAt", "+callbacks.crash.epoch=1", "+callbacks.crash.batch=1"]
 # (job folder, the overrides a `-m` sweep would record, extra overrides that only make the crash happen)
@@ -250,7 +252,8 @@ def test_each_configuration_shows_mean_and_std_over_its_finished_seeds(sweep: Pa
         assert two_seeds.stats(metric) == pytest.approx((mean, std, 2))
         assert f"{mean:.4g} ± {std:.2g}" in html
     assert one_seed.stats("eval/fid") == pytest.approx((status_of(sweep / "2")["metrics"]["eval/fid"], None, 1))
-    assert {g.extractor for g in groups.values()} == {"random 543907ee94de (tf32)"}
+    extractor = RandomProjectionExtractor((1, 28, 28), num_logits=SyntheticDataModule().num_classes)
+    assert {g.extractor for g in groups.values()} == {f"random {extractor.weights_hash()} (fp32)"}
 
 
 @pytest.mark.slow
@@ -260,7 +263,8 @@ def test_crashed_and_half_written_runs_are_flagged_with_their_error(sweep: Path)
         "0": "completed", "1": "completed", "2": "completed", "3": "failed", "4": "crashed", "5": "incomplete",
     }  # fmt: skip
     assert runs["3"].error == "RuntimeError: planned crash at epoch 1, batch 1"
-    assert runs["3"].extractor == "random 543907ee94de (tf32)"  # from csv/hparams.yaml: a failed run has no evaluation
+    extractor = RandomProjectionExtractor((1, 28, 28), num_logits=SyntheticDataModule().num_classes)
+    assert runs["3"].extractor == f"random {extractor.weights_hash()} (fp32)"  # from hparams.yaml: no evaluation
     assert "its process" in runs["4"].error and "is gone" in runs["4"].error
     assert "no status.json" in runs["5"].error and "truncated" in runs["5"].error
     assert runs["5"].history["val/loss"] == runs["2"].history["val/loss"][:-1]  # the cut line is dropped

@@ -93,7 +93,7 @@ def test_multirun_with_submitit_local_runs_each_job_as_a_submitit_job(tmp_path: 
 
 def test_optuna_search_minimises_eval_fid(tmp_path: Path) -> None:
     sweep = tmp_path / "search"
-    evaluation = ["eval=default", "eval.extractor=random", "eval.num_samples=32", "eval.batch_size=16"]
+    evaluation = ["eval=default", "eval/extractor=random", "eval.num_samples=32", "eval.batch_size=16"]
     evaluation += ["eval.kid_subsets=5", "eval.kid_subset_size=16", "eval.progress=false"]
     overrides = [o for o in TINY if not o.startswith(("eval=", "model.latent_dim"))]  # latent_dim is searched
     result = run_train(

@@ -139,7 +139,7 @@ def test_wandb_logger_runs_offline_without_an_account(train_cfg, tmp_path: Path,
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
     monkeypatch.setenv("WANDB_SILENT", "true")
-    evaluation = ["eval=default", "eval.extractor=random", "eval.num_samples=32", "eval.batch_size=16"]
+    evaluation = ["eval=default", "eval/extractor=random", "eval.num_samples=32", "eval.batch_size=16"]
     evaluation += ["eval.kid_subsets=5", "eval.kid_subset_size=16", "eval.progress=false"]
     metrics = train(train_cfg("wb", "logger=wandb", "trainer.max_epochs=2", *evaluation))
     runs = list((tmp_path / "wb" / "wandb").glob("offline-run-*"))

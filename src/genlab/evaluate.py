@@ -1,10 +1,12 @@
 """Evaluation entry point: score a checkpoint or a folder of images against a dataset.
 
-    python evaluate.py ckpt_path=<model.ckpt> data=mnist eval.num_samples=50000 eval.extractor=inception
+    python evaluate.py ckpt_path=<model.ckpt> data=mnist eval.num_samples=50000 eval/extractor=inception
     python evaluate.py eval.fake_dir=<folder of images> data=mnist
 
-Prints a table and writes metrics.json (with the extractor's name, weights hash and precision) into the run
-folder. The default precision here is fp32 with TF32 off: the published FID protocol.
+Prints a table and writes metrics.json (with the extractor's name, weights hash and precision) and
+nearest_neighbours.png (16 samples, each beside its 5 nearest training images) into the run folder. Every
+metric of the table is on here, CAS included; the default precision is fp32 with TF32 off: the published
+FID protocol.
 """
 
 from __future__ import annotations
@@ -17,12 +19,12 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+import genlab.train  # noqa: F401  (registers the config's resolvers)
 from genlab.train import CONFIG_DIR
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-NOT_SETTINGS = ("_target_", "fake_dir", "every_n_epochs")
 
 
 def load_image_folder(folder: str | Path, image_shape: tuple[int, int, int], limit: int | None = None):
@@ -52,78 +54,55 @@ def format_table(results: dict[str, float], header: str) -> str:
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
-    """Score `cfg.ckpt_path` or `cfg.eval.fake_dir` against `cfg.data`; returns the metrics."""
-    import torch
+    """Score `cfg.ckpt_path` or `cfg.eval.fake_dir` against `cfg.data`; returns the metrics.
 
-    from genlab.evaluator import (
-        CONDITIONAL_GROUPS,
-        FeatureSet,
-        MetricSettings,
-        check_metric_names,
-        compute_metrics,
-        dataset_features,
-        extract_images,
-        make_extractor,
-        sample_features,
-    )
+    The evaluator is the training callback's, built from the same `eval` node (so an unknown `eval.` setting
+    fails here as it does in training); `fake_dir` is this command's own key.
+    """
+    import torch
+    from torchvision.utils import save_image
+
     from genlab.models import load_model
 
     ckpt_path, fake_dir = cfg.get("ckpt_path"), cfg.eval.get("fake_dir")
     if bool(ckpt_path) == bool(fake_dir):
         raise ValueError("give exactly one of ckpt_path=<model.ckpt> or eval.fake_dir=<folder of images>")
-    s = {k: v for k, v in OmegaConf.to_container(cfg.eval, resolve=True).items() if k not in NOT_SETTINGS}
-    groups = check_metric_names(s["metrics"])
+    node = OmegaConf.to_container(cfg.eval, resolve=True)
+    node.pop("fake_dir", None)
+    evaluator = instantiate(node).evaluator
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dm = instantiate(cfg.data)
     dm.prepare_data()
     dm.setup("fit")
-    extractor = (
-        make_extractor(
-            s["extractor"],
-            datamodule=dm,
-            cache_dir=s["cache_dir"],
-            weights_path=s["weights_path"],
-            precision=s["precision"],
-            progress=s["progress"],
-        )
-        .to(device)
-        .eval()
-    )
-    n, batch_size = s["num_samples"], s["batch_size"]
-    real = dataset_features(dm, extractor, n, s["precision"], s["cache_dir"], device, batch_size, s["progress"])
-    conditional = False
     if ckpt_path:
-        model = load_model(ckpt_path, map_location=device)
-        conditional = model.num_classes > 0
-        fake = FeatureSet.concat(
-            sample_features(model, extractor, n, batch_size, s["seed"], dm.image_shape, progress=s["progress"])
-        )
+        scores = evaluator.evaluate(dm, device, model=load_model(ckpt_path, map_location=device))
     else:
-        images = load_image_folder(fake_dir, dm.image_shape, limit=n)
-        fake = extract_images(images, None, extractor, device, batch_size, s["progress"], "eval: image folder")
-    groups = [g for g in groups if conditional or g not in CONDITIONAL_GROUPS]
-    settings = MetricSettings(s["is_splits"], s["kid_subsets"], s["kid_subset_size"], s["pr_k"], s["dc_k"])
-    results = compute_metrics(real, fake, groups, settings)
+        scores = evaluator.evaluate(
+            dm, device, images=load_image_folder(fake_dir, dm.image_shape, evaluator.num_samples)
+        )
+    results, e = scores.metrics, evaluator.extractor
     header = (
-        f"{ckpt_path or fake_dir} vs {dm.name} train ({len(real)} real, {len(fake)} fake), "
-        f"{extractor.name} {extractor.weights_hash()} {s['precision']}"
+        f"{ckpt_path or fake_dir} vs {dm.name} ({len(evaluator.reference)} train, "
+        f"{len(evaluator._heldout) if evaluator._heldout is not None else 0} held-out, {len(scores.fake)} generated), "
+        f"{e.name} {e.weights_hash()} {e.precision}"
     )
     print(format_table(results, header))
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    save_image(evaluator.nearest_neighbour_grid(scores.fake), out_dir / "nearest_neighbours.png")
     record = {
         "metrics": results,
-        "extractor": extractor.name,
-        "extractor_hash": extractor.weights_hash(),
-        "precision": s["precision"],
-        "num_real": len(real),
-        "num_fake": len(fake),
+        "extractor": e.name,
+        "extractor_hash": e.weights_hash(),
+        "precision": e.precision,
+        "num_real": len(evaluator.reference),
+        "num_fake": len(scores.fake),
         "data": dm.name,
         "ckpt_path": ckpt_path,
         "fake_dir": fake_dir,
     }
     (out_dir / "metrics.json").write_text(json.dumps(record, indent=2))
-    log.info(f"wrote {out_dir / 'metrics.json'}")
+    log.info(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'nearest_neighbours.png'}")
     return results
 
 

@@ -1,85 +1,102 @@
-"""Score a generative model: features are extracted once, and every metric is computed from them.
+"""Score a generative model, or a set of images, against a datamodule: the one evaluation path of genlab.
 
-The real side (the dataset's train split) is extracted once per dataset/count/extractor/precision and
-cached on disk; the fake side is sampled through the model's `sample()` in batches. Batch b is drawn with
-its own seeded generator and its own labels, so the sample set is the same whatever the batch-to-process
-assignment: a DDP run scores exactly what one process scores. Used by the `GenerativeEval` callback and by
-`evaluate.py`; follows torch-fidelity's layering (features -> statistics -> metric).
+`Evaluator.evaluate` is what both the `GenerativeEval` callback and `evaluate.py` call. Features are extracted
+once per side and every metric of `genlab.metric_table` is computed from them (torch-fidelity's layering:
+features -> statistics -> metric):
+
+- real side: the whole training split and the held-out split (the test split where the dataset has one, else
+  the validation split), extracted once and cached on disk under a hash of the images themselves, the
+  extractor, its weights hash and the precision; FID, KID, P&R and D&C use a fixed random subset of the
+  training split as large as the generated set;
+- fake side: `sample()` in batches; batch b is drawn with its own seeded generator and its own labels, so the
+  sample set is the same whatever the batch-to-process assignment: a DDP run scores exactly what one process
+  scores.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from genlab import metrics as M
-from genlab.features.base import FeatureExtractor
+from genlab import metric_table
+from genlab.features.base import ExtractorFactory, FeatureExtractor, to_uint8
 from genlab.features.cache import load_or_compute
+from genlab.metrics.knn import nearest
 
 log = logging.getLogger(__name__)
-
-METRIC_GROUPS = {
-    "fid": ("fid",),
-    "is": ("is", "is_std"),
-    "kid": ("kid", "kid_std"),
-    "pr": ("precision", "recall"),
-    "dc": ("density", "coverage"),
-    "intra_fid": ("intra_fid",),
-    "accuracy": ("accuracy",),
-}
-CONDITIONAL_GROUPS = ("intra_fid", "accuracy")
-NEEDS_LOGITS = ("is", "accuracy")
-
-
-def check_metric_names(names: Sequence[str]) -> list[str]:
-    """The metric groups asked for, validated; an unknown name raises a ValueError listing the valid ones."""
-    unknown = [name for name in names if name not in METRIC_GROUPS]
-    if unknown:
-        raise ValueError(f"unknown metric(s) {unknown}; valid: {list(METRIC_GROUPS)}")
-    return list(dict.fromkeys(names))
 
 
 @dataclass
 class FeatureSet:
-    """What an extractor made of a set of images: features (N, D), logits (N, K) or None, labels (N,) or None."""
+    """What an extractor made of a set of images: features (N, D), logits (N, K) or None, labels (N,) or None,
+    and the uint8 images (N, C, H, W) themselves or None."""
 
     features: Tensor
     logits: Tensor | None = None
     labels: Tensor | None = None
+    images: Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.features)
 
     def to(self, device: torch.device | str) -> FeatureSet:
-        move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return FeatureSet(move(self.features), move(self.logits), move(self.labels))
+        return FeatureSet(**{k: None if v is None else v.to(device) for k, v in vars(self).items()})
+
+    def __getitem__(self, index: Tensor | slice) -> FeatureSet:
+        return FeatureSet(**{k: None if v is None else v[index] for k, v in vars(self).items()})
 
     def as_dict(self) -> dict[str, Tensor]:
         return {k: v for k, v in vars(self).items() if v is not None}
 
     @staticmethod
     def concat(sets: Sequence[FeatureSet]) -> FeatureSet:
-        cat = lambda ts: None if ts[0] is None else torch.cat(ts)  # noqa: E731
-        return FeatureSet(cat([s.features for s in sets]), cat([s.logits for s in sets]), cat([s.labels for s in sets]))
+        return FeatureSet(
+            **{
+                f.name: None if getattr(sets[0], f.name) is None else torch.cat([getattr(s, f.name) for s in sets])
+                for f in fields(FeatureSet)
+            }
+        )
 
 
 @torch.no_grad()
 def extract(
     extractor: FeatureExtractor, batches: Iterable[tuple[Tensor, Tensor | None]], device: torch.device | str
 ) -> FeatureSet:
-    """Run `extractor` over (images in [0, 1], labels or None) batches; results stay on `device`."""
+    """Run `extractor` over (images, labels or None) batches, images uint8 or floats in [0, 1]; the results and
+    the uint8 images stay on `device`."""
     sets = []
     for x, y in batches:
-        f, lg = extractor(x.to(device))
-        sets.append(FeatureSet(f.float(), None if lg is None else lg.float(), None if y is None else y.to(device)))
+        x = to_uint8(x.to(device))
+        f, lg = extractor(x)
+        sets.append(FeatureSet(f.float(), None if lg is None else lg.float(), None if y is None else y.to(device), x))
     return FeatureSet.concat(sets)
+
+
+def extract_images(
+    images: Tensor,
+    labels: Tensor | None,
+    extractor: FeatureExtractor,
+    device: torch.device | str,
+    batch_size: int = 500,
+    progress: bool = True,
+    desc: str = "eval: features",
+) -> FeatureSet:
+    """Features of uint8 images (N, C, H, W) (and their labels, if any), `batch_size` at a time."""
+    chunks = [
+        (images[i : i + batch_size], None if labels is None else labels[i : i + batch_size])
+        for i in range(0, len(images), batch_size)
+    ]
+    return extract(extractor, tqdm(chunks, desc=desc, leave=False, disable=not progress), device)
 
 
 def batch_plan(num_samples: int, batch_size: int) -> list[tuple[int, int]]:
@@ -122,131 +139,6 @@ def sample_features(
     return out
 
 
-def dataset_features(
-    datamodule,
-    extractor: FeatureExtractor,
-    n: int,
-    precision: str,
-    cache_dir: str | Path | None,
-    device: torch.device | str,
-    batch_size: int = 500,
-    progress: bool = True,
-) -> FeatureSet:
-    """Features of `n` training images of `datamodule` (the reference side), cached on disk. The images are a
-    seeded random subset when n is smaller than the split: datasets are often stored sorted by class."""
-    images, labels = reference_subset(datamodule.train_set.images, datamodule.train_set.labels, n)
-    key = {
-        "data": datamodule.name,
-        "split": "train",
-        "n": len(images),
-        "subset": "randperm0",
-        "shape": "x".join(map(str, images.shape[1:])),
-        "extractor": extractor.name,
-        "hash": extractor.weights_hash(),
-        "precision": precision,
-    }
-    name = "real-" + "-".join(str(v) for v in key.values()).replace("/", "_") + ".pt"
-    path = Path(cache_dir) / "features" / name if cache_dir else None
-
-    def compute() -> dict[str, Tensor]:
-        found = extract_images(images, labels, extractor, device, batch_size, progress, "eval: real features")
-        return {k: v.cpu() for k, v in found.as_dict().items()}
-
-    # recomputed if corrupt or stale; of several processes, one computes and the others read its file
-    saved, _ = load_or_compute(path, key, compute)
-    return FeatureSet(**saved).to(device)
-
-
-def reference_subset(images: Tensor, labels: Tensor, n: int) -> tuple[Tensor, Tensor]:
-    """`n` of the images (all if n >= N), chosen by a fixed seed and kept in dataset order."""
-    if n >= len(images):
-        return images, labels
-    index = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:n].sort().values
-    return images[index], labels[index]
-
-
-def make_extractor(
-    name: str,
-    datamodule,
-    cache_dir: str | None,
-    weights_path: str | None = None,
-    precision: str = "fp32",
-    progress: bool = True,
-) -> FeatureExtractor:
-    """The extractor called `name` for this dataset: domain (trained on it, cached), inception or random."""
-    from genlab.features import build_extractor, load_or_train_domain_extractor
-
-    if name == "domain":
-        folder = Path(cache_dir) / "domain" if cache_dir else None
-        return load_or_train_domain_extractor(datamodule, folder, progress=progress)
-    if name == "inception":
-        return build_extractor("inception", weights_path=weights_path, precision=precision)
-    if name == "random":
-        return build_extractor("random", image_shape=tuple(datamodule.image_shape))
-    return build_extractor(name)  # raises, listing the valid names
-
-
-def extract_images(
-    images: Tensor,
-    labels: Tensor | None,
-    extractor: FeatureExtractor,
-    device: torch.device | str,
-    batch_size: int = 500,
-    progress: bool = True,
-    desc: str = "eval: features",
-) -> FeatureSet:
-    """Features of uint8 images (N, C, H, W) (and their labels, if any), `batch_size` at a time."""
-    chunks = [
-        (images[i : i + batch_size].float() / 255, None if labels is None else labels[i : i + batch_size])
-        for i in range(0, len(images), batch_size)
-    ]
-    return extract(extractor, tqdm(chunks, desc=desc, leave=False, disable=not progress), device)
-
-
-@dataclass
-class MetricSettings:
-    """Arguments of the metric functions (see `genlab.metrics`)."""
-
-    is_splits: int = 10
-    kid_subsets: int = 100
-    kid_subset_size: int = 1000
-    pr_k: int = 3
-    dc_k: int = 5
-
-
-def compute_metrics(
-    real: FeatureSet, fake: FeatureSet, groups: Sequence[str], settings: MetricSettings | None = None
-) -> dict[str, float]:
-    """Every metric of `groups` from the two feature sets (same device), as a flat dict of floats."""
-    s = settings or MetricSettings()
-    for group in groups:
-        if group in NEEDS_LOGITS and fake.logits is None:
-            raise ValueError(f"metric '{group}' needs an extractor with logits (inception or domain)")
-        if group in CONDITIONAL_GROUPS and (fake.labels is None or real.labels is None):
-            raise ValueError(f"metric '{group}' needs a conditional model (num_classes > 0) and labelled real data")
-    kid_size = s.kid_subset_size
-    if "kid" in groups and min(len(real), len(fake)) < kid_size:
-        raise ValueError(
-            f"KID subsets of {kid_size} need at least that many real and fake samples, got {len(real)} real and "
-            f"{len(fake)} fake: lower eval.kid_subset_size or raise eval.num_samples"
-        )
-    results: dict[str, Callable[[], Sequence[float] | float]] = {
-        "fid": lambda: M.fid(real.features, fake.features),
-        "is": lambda: M.inception_score(fake.logits, splits=s.is_splits),
-        "kid": lambda: M.kid(real.features, fake.features, subsets=s.kid_subsets, subset_size=kid_size),
-        "pr": lambda: M.precision_recall(real.features, fake.features, k=s.pr_k),
-        "dc": lambda: M.density_coverage(real.features, fake.features, k=s.dc_k),
-        "intra_fid": lambda: M.intra_fid(real.features, real.labels, fake.features, fake.labels),
-        "accuracy": lambda: M.classifier_accuracy(fake.logits, fake.labels),
-    }
-    out: dict[str, float] = {}
-    for group in groups:
-        value = results[group]()
-        values = value if isinstance(value, tuple | list) else (value,)
-        out.update({name: float(v) for name, v in zip(METRIC_GROUPS[group], values, strict=True)})
-    return out
-
-
 def gather_batches(
     mine: list[FeatureSet], num_samples: int, batch_size: int, rank: int, world_size: int, all_gather: Callable
 ) -> FeatureSet:
@@ -257,9 +149,8 @@ def gather_batches(
         return FeatureSet.concat(mine)
     per_rank = math.ceil(len(plan) / world_size)
 
-    def padded(get: Callable[[FeatureSet], Tensor]) -> Tensor:  # (per_rank, batch_size, ...) for this rank
-        first = get(mine[0]) if mine else None
-        out = first.new_zeros(per_rank, batch_size, *first.shape[1:]) if first is not None else None
+    def padded(first: Tensor, get: Callable[[FeatureSet], Tensor]) -> Tensor:  # (per_rank, batch_size, ...)
+        out = first.new_zeros(per_rank, batch_size, *first.shape[1:])
         for j, fs in enumerate(mine):
             out[j, : len(fs)] = get(fs)
         return out
@@ -267,7 +158,251 @@ def gather_batches(
     def reorder(t: Tensor) -> Tensor:  # (W, per_rank, batch_size, ...) -> (N, ...); batch b is at [b % W, b // W]
         return torch.cat([t[b % world_size, b // world_size, : end - start] for b, (start, end) in enumerate(plan)])
 
-    features = reorder(all_gather(padded(lambda fs: fs.features)))
-    logits = reorder(all_gather(padded(lambda fs: fs.logits))) if mine and mine[0].logits is not None else None
-    labels = reorder(all_gather(padded(lambda fs: fs.labels))) if mine and mine[0].labels is not None else None
-    return FeatureSet(features, logits, labels)
+    gathered = {}
+    for f in fields(FeatureSet):
+        first = getattr(mine[0], f.name)
+        if first is not None:
+            gathered[f.name] = reorder(all_gather(padded(first, lambda fs, n=f.name: getattr(fs, n))))
+    return FeatureSet(**gathered)
+
+
+def images_hash(images: Tensor, labels: Tensor | None) -> str:
+    """16 hex digits of the sha256 of uint8 images (and labels): another subset, seed or source, another key."""
+    digest = hashlib.sha256(images.contiguous().cpu().numpy().tobytes())
+    if labels is not None:
+        digest.update(labels.contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def reference_index(n_total: int, n: int) -> Tensor:
+    """Indices of `n` of `n_total` images (all if n >= n_total), chosen by a fixed seed and kept in order: datasets
+    are often stored sorted by class, so the first n would miss classes."""
+    if n >= n_total:
+        return torch.arange(n_total)
+    return torch.randperm(n_total, generator=torch.Generator().manual_seed(0))[:n].sort().values
+
+
+def translated(images: Tensor, pixels: int) -> list[Tensor]:
+    """Every translation of uint8 images (N, C, H, W) by (dy, dx) in [-pixels, pixels]^2, the identity first,
+    with the border pixels repeated into the uncovered margin."""
+    shifts = [(0, 0)] + [(dy, dx) for dy in range(-pixels, pixels + 1) for dx in range(-pixels, pixels + 1) if dy or dx]
+    if pixels == 0:
+        return [images]
+    h, w = images.shape[-2:]
+    padded = F.pad(images.float(), [pixels] * 4, mode="replicate")
+    return [
+        padded[..., pixels + dy : pixels + dy + h, pixels + dx : pixels + dx + w].to(torch.uint8) for dy, dx in shifts
+    ]
+
+
+def compute_metrics(real: FeatureSet, fake: FeatureSet, metrics: Sequence[str], **settings: Any) -> dict[str, float]:
+    """The table's `metrics` from two feature sets alone (real is both the FID reference and the training split;
+    no held-out split): for features computed elsewhere. A metric whose needs are not met raises."""
+    inputs = metric_table.Inputs(real=real, fake=fake, train=real)
+    num_classes = real.logits.shape[1] if real.logits is not None else 0
+    chosen = metric_table.select(list(metrics))
+    return metric_table.compute(chosen, inputs, metric_table.check_settings(settings), num_classes)
+
+
+@dataclass
+class Scores:
+    """What one evaluation produced: the metrics, and the generated side (features, logits, labels, images)."""
+
+    metrics: dict[str, float]
+    fake: FeatureSet
+
+
+class Evaluator:
+    """Every setting of an evaluation, and what it keeps between evaluations (the extractor, the real features).
+
+    Args:
+        extractor: an extractor factory (an extractor config with `_partial_: true`, see
+            `genlab.features.base.ExtractorFactory`).
+        metrics: `default` (the per-epoch metrics of `genlab.metric_table`), `all`, or a list of metric names.
+        num_samples: generated images per evaluation; the FID reference is as many training images (or all).
+        batch_size: images per `sample()` call and per extractor batch.
+        precision: the inception extractor's precision (fp32 | tf32 | bf16; its config reads `eval.precision`); the
+            precision every number is recorded with is the extractor's own.
+        cache_dir: where real features and trained extractors are cached (None: no cache).
+        seed: seed of the sampling noise (the same samples every evaluation for the same weights).
+        progress: progress bars while sampling and extracting.
+        **settings: metric settings (`genlab.metric_table.SETTINGS`); an unknown name is an error.
+    """
+
+    def __init__(
+        self,
+        extractor: ExtractorFactory,
+        metrics: str | Sequence[str] = "default",
+        num_samples: int = 5000,
+        batch_size: int = 500,
+        precision: str = "fp32",
+        cache_dir: str | None = None,
+        seed: int = 0,
+        progress: bool = True,
+        **settings: Any,
+    ) -> None:
+        from genlab.checks import check_positive_int
+
+        check_positive_int("num_samples", num_samples)
+        check_positive_int("batch_size", batch_size)
+        if not callable(extractor):
+            raise ValueError(
+                f"extractor must be an extractor factory (configs/eval/extractor/*.yaml), got {extractor!r}"
+            )
+        chosen = metric_table.select(list(metrics) if not isinstance(metrics, str) else metrics)
+        self.factory, self.metric_names = extractor, [m.name for m in chosen]  # names: the table's rows don't pickle
+        self.settings = metric_table.check_settings(settings)
+        self.num_samples, self.batch_size, self.precision = num_samples, batch_size, precision
+        self.cache_dir, self.seed, self.progress = cache_dir, seed, progress
+        self.extractor: FeatureExtractor | None = None
+        self._data: Any = None
+        self._train: FeatureSet | None = None
+        self._heldout: FeatureSet | None = None
+        self._memo: dict[Any, Any] = {}
+        self._skipped_logged: set[str] = set()
+
+    @property
+    def metrics(self) -> list[metric_table.Metric]:
+        return [metric_table.BY_NAME[name] for name in self.metric_names]
+
+    # ------------------------------------------------------------------------------------------------ set-up
+    def setup(self, datamodule, device: torch.device | str, progress: bool | None = None) -> None:
+        """Build the extractor and the real side for `datamodule` (once; again for another datamodule)."""
+        progress = self.progress if progress is None else progress
+        if self.extractor is None:
+            folder = str(Path(self.cache_dir) / "extractors") if self.cache_dir else None
+            with torch.inference_mode(False), torch.enable_grad():  # a trained extractor may train here
+                self.extractor = self.factory(datamodule=datamodule, cache_dir=folder, progress=progress)
+            self.extractor = self.extractor.to(device).eval()
+        if self._data is not datamodule:
+            datamodule.setup("fit")
+            held = datamodule.test_set if datamodule.test_set is not None else datamodule.val_set
+            self._train = self.real_features(datamodule, datamodule.train_set, "train", device, progress)
+            self._heldout = self.real_features(datamodule, held, "heldout", device, progress) if held else None
+            self._data, self._memo = datamodule, {}
+        self._train, self._heldout = self._train.to(device), None if self._heldout is None else self._heldout.to(device)
+        self.extractor.to(device)
+
+    def real_features(self, datamodule, split, name: str, device, progress: bool) -> FeatureSet:
+        """Features, logits and labels of a real split, cached on disk under a hash of its images."""
+        e = self.extractor
+        key = {
+            "data": datamodule.name,
+            "split": name,
+            "images": images_hash(split.images, split.labels),
+            "n": len(split.images),
+            "extractor": e.name,
+            "hash": e.weights_hash(),
+            "precision": e.precision,
+        }
+        path = None
+        if self.cache_dir:
+            path = (
+                Path(self.cache_dir)
+                / "features"
+                / f"real-{datamodule.name}-{name}-{key['images']}-{e.name}-{key['hash']}-{e.precision}.pt"
+            )
+
+        def compute() -> dict[str, Tensor]:
+            found = extract_images(
+                split.images, split.labels, e, device, self.batch_size, progress, f"eval: {name} features"
+            )
+            return {k: v.cpu() for k, v in found.as_dict().items() if k != "images"}
+
+        saved, _ = load_or_compute(path, key, compute)  # recomputed if corrupt or stale; one process computes
+        return FeatureSet(**saved, images=split.images).to(device)
+
+    @property
+    def reference(self) -> FeatureSet:
+        """The FID reference: a fixed random subset of the training split, as large as the generated set."""
+        return self._train[reference_index(len(self._train), self.num_samples).to(self._train.features.device)]
+
+    # --------------------------------------------------------------------------------------------- fake side
+    def model_features(
+        self, model, image_shape, rank: int = 0, world: int = 1, all_gather=None, progress=None
+    ) -> FeatureSet:
+        """The generated side of `model`: this process's share of the sample batches, gathered from all."""
+        batch_size = min(self.batch_size, math.ceil(self.num_samples / world))  # every rank gets a batch
+        mine = list(range(rank, len(batch_plan(self.num_samples, batch_size)), world))
+        progress = self.progress if progress is None else progress
+        sets = sample_features(
+            model, self.extractor, self.num_samples, batch_size, self.seed, image_shape, mine, progress
+        )
+        return gather_batches(sets, self.num_samples, batch_size, rank, world, all_gather)
+
+    # ---------------------------------------------------------------------------------------------- scoring
+    def evaluate(
+        self,
+        datamodule,
+        device: torch.device | str,
+        model=None,
+        images: Tensor | None = None,
+        rank: int = 0,
+        world: int = 1,
+        all_gather: Callable | None = None,
+        progress: bool | None = None,
+    ) -> Scores:
+        """Score `model` (sampled) or uint8 `images` (N, C, H, W) against `datamodule`: the one scoring function."""
+        if (model is None) == (images is None):
+            raise ValueError("give exactly one of model=<a genlab model> or images=<uint8 tensor>")
+        progress = self.progress if progress is None else progress
+        self.setup(datamodule, device, progress)
+        with torch.no_grad():
+            if model is not None:
+                fake = self.model_features(model, tuple(datamodule.image_shape), rank, world, all_gather, progress)
+            else:
+                fake = extract_images(images, None, self.extractor, device, self.batch_size, progress, "eval: images")
+            return Scores(self.score(fake, datamodule.num_classes), fake)
+
+    def score(self, fake: FeatureSet, num_classes: int) -> dict[str, float]:
+        """Every selected metric whose needs are met, as a flat dict of floats (the others are logged once)."""
+        inputs = metric_table.Inputs(
+            real=self.reference,
+            fake=fake,
+            train=self._train,
+            heldout=self._heldout,
+            translations=lambda side, pixels: self.translations(fake if side == "fake" else self._heldout, pixels),
+            fit=lambda epochs: self.classifier_trainer(num_classes, epochs),
+            memo=self.memo,
+        )
+        return metric_table.compute(self.metrics, inputs, self.settings, num_classes, self.log_skip)
+
+    def log_skip(self, name: str, why: str) -> None:
+        if name not in self._skipped_logged:  # once per evaluator, not at every evaluation
+            self._skipped_logged.add(name)
+            log.info(f"eval: {name} skipped: {why}")
+
+    def memo(self, key: Any, compute: Callable[[], Any]) -> Any:
+        """`compute()` once per real side: for results that depend on real data only."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
+    def translations(self, side: FeatureSet, pixels: int) -> Tensor:
+        """(V, N, D) features of `side`'s images translated by up to `pixels` in each direction (V = (2p+1)^2)."""
+        views = [
+            extract_images(x, None, self.extractor, side.features.device, self.batch_size, False).features
+            for x in translated(side.images, pixels)
+        ]
+        return torch.stack(views)
+
+    def classifier_trainer(self, num_classes: int, epochs: int):
+        from genlab.features.domain import fit_classifier
+
+        return lambda images, labels: fit_classifier(images, labels, num_classes, epochs, seed=self.seed)
+
+    # ------------------------------------------------------------------------------------------------ grids
+    def nearest_neighbour_grid(self, fake: FeatureSet, rows: int = 16, k: int = 5) -> Tensor:
+        """A (C, H', W') float image: `rows` generated samples, each followed by its k nearest training images in
+        the extractor's feature space (nearest first), one sample per row."""
+        from torchvision.utils import make_grid
+
+        n = min(rows, len(fake))
+        _, index = nearest(fake.features[:n], self._train.features, k)
+        neighbours = self._train.images[index.flatten()].view(n, k, *fake.images.shape[1:])
+        tiles = torch.cat([fake.images[:n, None], neighbours], dim=1).flatten(0, 1)  # (n * (k + 1), C, H, W)
+        return make_grid(tiles.float().cpu() / 255, nrow=k + 1, padding=2, pad_value=0.5)
+
+    def describe(self) -> str:
+        e = self.extractor
+        return f"{e.name} {e.weights_hash()} {e.precision}, {self.num_samples} samples"

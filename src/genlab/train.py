@@ -29,6 +29,17 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+def metric_default(name: str) -> object:
+    """`${metric_default:<setting>}` in the eval config: the metric table's default (imported when resolved)."""
+    from genlab.metric_table import default_setting
+
+    return default_setting(name)
+
+
+if not OmegaConf.has_resolver("metric_default"):
+    OmegaConf.register_new_resolver("metric_default", metric_default)
 CHECKPOINT_KEYS = ("state_dict", "epoch", "global_step", "optimizer_states", "loops")
 
 
@@ -67,7 +78,7 @@ def eval_callbacks(cfg: DictConfig) -> list[Any]:
         return []
     evaluation = instantiate(cfg.eval)
     callbacks = [evaluation]
-    if "fid" in cfg.eval.metrics:
+    if "fid" in [m.name for m in evaluation.evaluator.metrics]:
         best_fid = BestFIDCheckpoint(
             evaluation,
             dirpath=f"{cfg.paths.output_dir}/checkpoints",
@@ -188,7 +199,7 @@ def evaluation_info(callbacks: list[Any]) -> dict[str, Any] | None:
     for callback in callbacks:
         if isinstance(callback, GenerativeEval) and callback.extractor is not None:
             e = callback.extractor
-            return {"extractor": e.name, "extractor_hash": e.weights_hash(), "precision": callback.precision}
+            return {"extractor": e.name, "extractor_hash": e.weights_hash(), "precision": e.precision}
     return None
 
 

@@ -1,16 +1,17 @@
 """GenerativeEval: score any genlab model at the end of validation every N epochs. Orchestration only.
 
-Sampling, feature extraction and metrics live in `genlab.evaluator`, `genlab.features` and `genlab.metrics`;
-this callback decides when, splits the sample batches across DDP ranks, gathers them, and logs `eval/*`
-together with the extractor's name, weights hash and precision (numbers from different extractors are never
-comparable).
+What is scored and how lives in `genlab.evaluator.Evaluator` (the same object `evaluate.py` uses, built from
+the same `eval` config node) and `genlab.metric_table`; this callback decides when, hands the evaluator this
+process's rank, logs `eval/*` together with the extractor's name, weights hash and precision (numbers from
+different extractors are never comparable), and writes a nearest-neighbour grid at each evaluation.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -18,80 +19,58 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.seed import isolate_rng
 
+from genlab.callbacks.sample_grid import save_grid
 from genlab.checks import check_positive_int
-from genlab.evaluator import (
-    CONDITIONAL_GROUPS,
-    FeatureSet,
-    MetricSettings,
-    batch_plan,
-    check_metric_names,
-    compute_metrics,
-    dataset_features,
-    gather_batches,
-    make_extractor,
-    sample_features,
-)
-from genlab.features.base import FeatureExtractor
+from genlab.evaluator import Evaluator, Scores
+from genlab.features.base import ExtractorFactory
 
 log = logging.getLogger(__name__)
 
 
 class GenerativeEval(L.Callback):
-    """Log FID, IS, KID, precision/recall, density/coverage (and intra-FID, accuracy for conditional models).
+    """Log every metric of `genlab.metric_table` that `metrics` selects, as `eval/<key>`.
 
     Args:
-        metrics: metric groups: fid, is, kid, pr, dc, intra_fid, accuracy (the last two only for conditional
-            models; they are skipped for unconditional ones).
-        extractor: `domain` (a classifier trained on the dataset, cached), `inception` or `random`.
-        num_samples: generated images per evaluation; the real side uses as many training images (or all).
-        every_n_epochs: evaluate at the end of validation every N epochs.
-        batch_size: images per `sample()` call and per extractor batch.
-        precision: inception extraction precision, fp32 | tf32 | bf16.
-        weights_path: local inception weights (torch-fidelity's file) for machines without a network.
-        cache_dir: where real-side features and the domain classifier are cached.
-        seed: seed of the sampling noise (the same samples every evaluation for the same weights).
-        settings: metric arguments (`MetricSettings`: is_splits, kid_subsets, kid_subset_size, pr_k, dc_k).
+        extractor: an extractor factory (configs/eval/extractor/: domain, inception, random).
+        metrics: `default` (the table's per-epoch metrics), `all`, or a list of names.
+        every_n_epochs: evaluate at the end of validation every N epochs (and at the last epoch).
+        dirpath: run folder that receives `nearest/epoch_XXX.png` (None: no grid).
+        **evaluator: the rest of `Evaluator`'s arguments (num_samples, batch_size, precision, cache_dir, seed,
+            progress) and the metric settings.
     """
 
     def __init__(
         self,
-        metrics: Sequence[str] = ("fid", "is", "kid", "pr", "dc", "intra_fid", "accuracy"),
-        extractor: str = "domain",
-        num_samples: int = 5000,
+        extractor: ExtractorFactory,
+        metrics: str | Sequence[str] = "default",
         every_n_epochs: int = 1,
-        batch_size: int = 500,
-        precision: str = "tf32",
-        weights_path: str | None = None,
-        cache_dir: str | None = "outputs/cache",
-        seed: int = 0,
-        kid_subsets: int = 100,
-        kid_subset_size: int = 1000,
-        is_splits: int = 10,
-        pr_k: int = 3,
-        dc_k: int = 5,
-        progress: bool = True,
+        dirpath: str | None = None,
+        **evaluator: Any,
     ) -> None:
-        check_positive_int("num_samples", num_samples)
         check_positive_int("every_n_epochs", every_n_epochs)
-        check_positive_int("batch_size", batch_size)
-        self.metrics = check_metric_names(metrics)
-        self.extractor_name, self.precision, self.weights_path = extractor, precision, weights_path
-        self.num_samples, self.every_n_epochs, self.batch_size = num_samples, every_n_epochs, batch_size
-        self.cache_dir, self.seed, self.progress = cache_dir, seed, progress
-        self.settings = MetricSettings(is_splits, kid_subsets, kid_subset_size, pr_k, dc_k)
-        self.extractor: FeatureExtractor | None = None
-        self._real: FeatureSet | None = None
+        self.evaluator = Evaluator(extractor, metrics, **evaluator)
+        self.every_n_epochs = every_n_epochs
+        self.dirpath = Path(dirpath) if dirpath else None
         self.evaluated_epoch = -1  # the last epoch scored, for BestFIDCheckpoint
+        self._logged_info = False
+
+    @property
+    def extractor(self):
+        return self.evaluator.extractor
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not self.due(trainer):
             return
         with isolate_rng():  # evaluation must not change the training run's random stream
-            results = self.evaluate(trainer, pl_module)
+            scores = self.evaluate(trainer, pl_module)
         self.evaluated_epoch = trainer.current_epoch
+        results = scores.metrics
         pl_module.log_dict({f"eval/{k}": v for k, v in results.items()}, sync_dist=False)
         summary = ", ".join(f"{k}={v:.4g}" for k, v in results.items())
-        rank_zero_info(f"epoch {trainer.current_epoch} eval [{self.describe()}]: {summary}")
+        rank_zero_info(f"epoch {trainer.current_epoch} eval [{self.evaluator.describe()}]: {summary}")
+        if self.dirpath is not None and trainer.is_global_zero:
+            grid = self.evaluator.nearest_neighbour_grid(scores.fake)
+            save_grid(trainer, self.dirpath, "nearest", grid)
 
     def due(self, trainer: L.Trainer) -> bool:
         """Every `every_n_epochs` epochs, and at the last epoch so that a run always ends with its final numbers."""
@@ -100,78 +79,29 @@ class GenerativeEval(L.Callback):
             trainer.max_epochs not in (None, -1) and epoch >= trainer.max_epochs
         )
 
-    def describe(self) -> str:
-        e = self.extractor
-        return f"{e.name} {e.weights_hash()} {self.precision}, {self.num_samples} samples"
-
-    def setup_extractor(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.extractor is not None:
-            return
-        dm = trainer.datamodule
-        self.extractor = (
-            make_extractor(
-                self.extractor_name,
-                datamodule=dm,
-                cache_dir=self.cache_dir,
-                weights_path=self.weights_path,
-                precision=self.precision,
-                progress=self.progress and trainer.is_global_zero,
-            )
-            .to(pl_module.device)
-            .eval()
-        )
-        info = {
-            "eval/extractor": self.extractor.name,
-            "eval/extractor_hash": self.extractor.weights_hash(),
-            "eval/precision": self.precision,
-            "eval/num_samples": self.num_samples,
-        }
-        for logger in trainer.loggers:
-            logger.log_hyperparams(info)
-
-    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
-        # Validation runs under inference mode; the domain classifier may have to be trained here first.
-        with torch.inference_mode(False), torch.enable_grad():
-            self.setup_extractor(trainer, pl_module)
+    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Scores:
         with torch.no_grad():
-            return self.score(trainer, pl_module)
-
-    def score(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
-        groups = [g for g in self.metrics if pl_module.num_classes or g not in CONDITIONAL_GROUPS]
-        real = self.real_side(trainer, pl_module)
-        fake = self.fake_side(trainer, pl_module)
-        return compute_metrics(real, fake, groups, self.settings)
-
-    def real_side(self, trainer: L.Trainer, pl_module: L.LightningModule) -> FeatureSet:
-        if self._real is None:
-            self._real = dataset_features(
+            scores = self.evaluator.evaluate(
                 trainer.datamodule,
-                self.extractor,
-                self.num_samples,
-                self.precision,
-                self.cache_dir,
                 pl_module.device,
-                self.batch_size,
-                self.progress and trainer.is_global_zero,
+                model=pl_module,
+                rank=trainer.global_rank,
+                world=trainer.world_size,
+                all_gather=trainer.strategy.all_gather,
+                progress=self.evaluator.progress and trainer.is_global_zero,
             )
-        return self._real.to(pl_module.device)
-
-    def fake_side(self, trainer: L.Trainer, pl_module: L.LightningModule) -> FeatureSet:
-        world, rank = trainer.world_size, trainer.global_rank
-        batch_size = min(self.batch_size, math.ceil(self.num_samples / world))  # every rank gets a batch
-        mine = list(range(rank, len(batch_plan(self.num_samples, batch_size)), world))
-        image_shape = tuple(trainer.datamodule.image_shape)
-        sets = sample_features(
-            pl_module,
-            self.extractor,
-            self.num_samples,
-            batch_size,
-            self.seed,
-            image_shape,
-            batches=mine,
-            progress=self.progress and trainer.is_global_zero,
-        )
-        return gather_batches(sets, self.num_samples, batch_size, rank, world, trainer.strategy.all_gather)
+        if not self._logged_info:
+            self._logged_info = True
+            e = self.evaluator.extractor
+            info = {
+                "eval/extractor": e.name,
+                "eval/extractor_hash": e.weights_hash(),
+                "eval/precision": e.precision,
+                "eval/num_samples": self.evaluator.num_samples,
+            }
+            for logger in trainer.loggers:
+                logger.log_hyperparams(info)
+        return scores
 
 
 class BestFIDCheckpoint(ModelCheckpoint):

@@ -95,11 +95,16 @@ class SampleGrid(L.Callback):
         return self._val_images
 
     def save(self, trainer: L.Trainer, kind: str, grid: Tensor) -> None:
-        path = self.dirpath / kind / f"epoch_{trainer.current_epoch:03d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_image(grid, path)
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.log_image(key=f"images/{kind}", images=[grid], step=trainer.global_step)
-            elif isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image(f"images/{kind}", grid, global_step=trainer.global_step)
+        save_grid(trainer, self.dirpath, kind, grid)
+
+
+def save_grid(trainer: L.Trainer, dirpath: Path, kind: str, grid: Tensor) -> None:
+    """Write `grid` to `<dirpath>/<kind>/epoch_XXX.png` and log it to every logger that takes images."""
+    path = dirpath / kind / f"epoch_{trainer.current_epoch:03d}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(grid, path)
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_image(key=f"images/{kind}", images=[grid], step=trainer.global_step)
+        elif isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_image(f"images/{kind}", grid, global_step=trainer.global_step)

@@ -1,4 +1,5 @@
-"""The feature-extractor interface: images in [0, 1] -> (features, logits), with a name and a weights hash.
+"""The feature-extractor interface: images in [0, 1] -> (features, logits), with a name and a weights hash, and
+the factory signature that the extractor configs satisfy. Interface only: the extractors live beside it.
 
 Every number genlab logs carries the extractor's name and weights hash: numbers from different extractors
 (or different weights) are never comparable. Images are quantised to uint8 before any extractor sees them,
@@ -10,12 +11,11 @@ score image files).
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
-EXTRACTORS = ("inception", "domain", "random")
 RANGE_TOLERANCE = 1e-4  # float error of e.g. (tanh(x) + 1) / 2; anything further out is a bug upstream
 
 
@@ -29,6 +29,7 @@ class FeatureExtractor(nn.Module):
     name: str = "extractor"
     feature_dim: int = 0
     num_logits: int = 0  # 0: the extractor returns no logits
+    precision: str = "fp32"  # the arithmetic of `forward`, part of what makes two numbers comparable
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
         """Images (B, C, H, W) floats in [0, 1] -> features (B, D) float32 and logits (B, K) float32 or None."""
@@ -57,6 +58,14 @@ class FeatureExtractor(nn.Module):
         return self._weights_hash
 
 
+class ExtractorFactory(Protocol):
+    """How an evaluation gets its extractor: an extractor config (`configs/eval/extractor/*.yaml`) instantiated
+    with `_partial_: true` is called with the datamodule it will score against, a cache folder (where a trained
+    extractor keeps its weights) and whether to show progress bars."""
+
+    def __call__(self, *, datamodule: Any, cache_dir: str | None, progress: bool) -> FeatureExtractor: ...
+
+
 def to_uint8(images: Tensor, channels: tuple[int, ...] = (1, 3)) -> Tensor:
     """[0, 1] floats (B, C, H, W) -> uint8 levels floor(x * 255 + 0.5): rounded half up, not truncated.
 
@@ -79,28 +88,3 @@ def to_uint8(images: Tensor, channels: tuple[int, ...] = (1, 3)) -> Tensor:
         raise ValueError(f"images must be floats in [0, 1], got values in [{low:.4g}, {high:.4g}]")
     # upcast first: bf16/fp16 cannot hold x * 255 + 0.5 exactly, and would move values across level boundaries
     return (images.float() * 255 + 0.5).clamp(0, 255).to(torch.uint8)
-
-
-def build_extractor(name: str, **kwargs: Any) -> FeatureExtractor:
-    """The extractor called `name`, built from `kwargs`.
-
-    `inception`: `InceptionExtractor(weights_path=None, precision="fp32")`; `random`:
-    `RandomProjectionExtractor(image_shape, dim, num_logits, seed)`; `domain`:
-    `load_or_train_domain_extractor(datamodule, cache_dir, epochs=None, seed=0, progress=True)` (trained on the
-    datamodule's train split on first use, then cached).
-    """
-    if name == "inception":
-        from genlab.features.inception import InceptionExtractor
-
-        return InceptionExtractor(**kwargs)
-    if name == "random":
-        from genlab.features.random_projection import RandomProjectionExtractor
-
-        return RandomProjectionExtractor(**kwargs)
-    if name == "domain":
-        from genlab.features.domain import load_or_train_domain_extractor
-
-        if "datamodule" not in kwargs:
-            raise ValueError("the domain extractor is trained per dataset: pass datamodule=<ImageDataModule>")
-        return load_or_train_domain_extractor(**{"cache_dir": None, **kwargs})
-    raise ValueError(f"unknown extractor {name!r}; valid: {list(EXTRACTORS)}")

@@ -4,15 +4,19 @@ InceptionV3 features need weights from the network; a classifier trained on the 
 nothing but the data, and on digits it is the more sensitive judge. This follows the MNIST protocol of
 Lucic et al. 2018 ("Are GANs Created Equal?") and of the conditional-GAN literature, which compute FID from a
 domain classifier's features and IS from its logits. Its 128-d penultimate activations feed FID/KID/P&R/D&C,
-its logits IS and conditional accuracy. Trained once per dataset on first use (Adam, random shifts), checked on
-the held-out validation split, and cached under a key of dataset name, image shape and training-data hash.
+its logits IS, conditional accuracy and class coverage. Trained once per dataset on first use (Adam, random
+shifts), checked on the held-out validation split, and cached under a key of the training data's hash and the
+whole recipe (architecture width, epochs, batch size, learning rate, seed): change any of them and it retrains.
+The same recipe trains the CAS classifiers (`fit_classifier`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -25,9 +29,7 @@ from genlab.features.cache import load_or_compute
 
 log = logging.getLogger(__name__)
 
-VERSION = 1  # bump when the architecture or the training recipe changes: old caches become stale
-BATCH_SIZE = 128
-LEARNING_RATE = 3e-3
+VERSION = 2  # bump when the code of the architecture or the training loop changes: old caches become stale
 
 
 def normalise(images: Tensor) -> Tensor:
@@ -108,31 +110,54 @@ def shift(x: Tensor, generator: torch.Generator, pixels: int = 2) -> Tensor:
 def accuracy(classifier: DomainClassifier, images: Tensor, labels: Tensor, batch_size: int = 1000) -> float:
     """Fraction of uint8 `images` that `classifier` labels correctly."""
     classifier.eval()
-    correct = 0
-    for i in range(0, len(images), batch_size):
-        _, logits = classifier(normalise(images[i : i + batch_size]))
-        correct += (logits.argmax(1) == labels[i : i + batch_size]).sum().item()
-    return correct / len(images)
+    return float((predict_classes(classifier, images, batch_size) == labels.to(images.device)).double().mean())
+
+
+@torch.no_grad()
+def predict_classes(classifier: DomainClassifier, images: Tensor, batch_size: int = 1000) -> Tensor:
+    """(N,) predicted classes of uint8 `images`, on their device."""
+    classifier.eval()
+    out = [classifier(normalise(images[i : i + batch_size]))[1].argmax(1) for i in range(0, len(images), batch_size)]
+    return torch.cat(out)
+
+
+def fit_classifier(
+    images: Tensor, labels: Tensor, num_classes: int, epochs: int = 8, seed: int = 0
+) -> Callable[[Tensor], Tensor]:
+    """Train a `DomainClassifier` (the domain extractor's recipe) on uint8 `images` and `labels` and return its
+    predict function, uint8 images -> (N,) classes: the classifier of the Classification Accuracy Score."""
+    classifier = train_classifier(images, labels, num_classes, epochs, seed, progress=False)
+    return lambda x: predict_classes(classifier, x.to(images.device))
 
 
 def train_classifier(
-    images: Tensor, labels: Tensor, num_classes: int, epochs: int, seed: int, progress: bool = True
+    images: Tensor,
+    labels: Tensor,
+    num_classes: int,
+    epochs: int,
+    seed: int,
+    progress: bool = True,
+    width: int = 16,
+    batch_size: int = 128,
+    lr: float = 3e-3,
 ) -> DomainClassifier:
     """Adam with a one-cycle schedule on uint8 images (N, C, S, S); deterministic given `seed`.
 
     The global RNG is left as it was: evaluation in the middle of a training run must not change the run. Works
-    when called under `torch.no_grad()` or `torch.inference_mode()` (as in a Lightning validation loop).
+    when called under `torch.no_grad()` or `torch.inference_mode()` (as in a Lightning validation loop), on the
+    images' device.
     """
     with torch.random.fork_rng(devices=[]), torch.inference_mode(False), torch.enable_grad():
         torch.manual_seed(seed)  # weight init and dropout
         generator = torch.Generator().manual_seed(seed)  # batch order and shifts
-        classifier = DomainClassifier(images.shape[1], num_classes)
-        optimizer = torch.optim.Adam(classifier.parameters(), lr=LEARNING_RATE)
-        steps = epochs * -(-len(images) // BATCH_SIZE)
-        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=LEARNING_RATE, total_steps=steps)
+        classifier = DomainClassifier(images.shape[1], num_classes, width).to(images.device)
+        optimizer = torch.optim.Adam(classifier.parameters(), lr=lr)
+        steps = epochs * -(-len(images) // batch_size)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
         classifier.train()
         for _ in tqdm(range(epochs), desc="domain classifier: training", unit="epoch", disable=not progress):
-            for idx in torch.randperm(len(images), generator=generator).split(BATCH_SIZE):
+            for idx in torch.randperm(len(images), generator=generator).split(batch_size):
+                idx = idx.to(images.device)
                 loss = F.cross_entropy(classifier(shift(normalise(images[idx]), generator))[1], labels[idx])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -149,10 +174,18 @@ def data_hash(images: Tensor, labels: Tensor) -> str:
 
 
 def load_or_train_domain_extractor(
-    datamodule, cache_dir: str | os.PathLike | None, epochs: int | None = None, seed: int = 0, progress: bool = True
+    datamodule,
+    cache_dir: str | os.PathLike | None,
+    epochs: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    width: int = 16,
+    batch_size: int = 128,
+    lr: float = 3e-3,
 ) -> DomainExtractor:
-    """The domain extractor of `datamodule`'s dataset: loaded from `cache_dir` if a valid cache is there, else
-    trained on the train split, scored on the validation split and cached (None: no cache, always trains).
+    """The domain extractor of `datamodule`'s dataset: loaded from `cache_dir` if a valid cache of the same data
+    and recipe is there, else trained on the train split, scored on the validation split and cached (None: no
+    cache, always trains).
 
     Epochs default to 8 below 20k training images and 4 above. Several processes (DDP ranks) may call this at
     once: one trains, the others wait for its file.
@@ -161,21 +194,25 @@ def load_or_train_domain_extractor(
     train, val = datamodule.train_set, datamodule.val_set
     epochs = epochs or (8 if len(train) < 20_000 else 4)
     shape = tuple(train.images.shape[1:])
+    recipe = {"width": width, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed}
     key = {
         "version": VERSION,
         "data": datamodule.name,
         "shape": list(shape),
         "classes": datamodule.num_classes,
         "data_hash": data_hash(train.images, train.labels),
-        "epochs": epochs,
-        "seed": seed,
+        **recipe,
     }
     path = None
     if cache_dir is not None:
-        path = Path(cache_dir) / f"domain-{datamodule.name}-{'x'.join(map(str, shape))}-{key['data_hash']}.pt"
+        recipe_hash = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
+        name = f"domain-{datamodule.name}-{'x'.join(map(str, shape))}-{key['data_hash']}-{recipe_hash}.pt"
+        path = Path(cache_dir) / name
 
     def compute() -> dict:
-        classifier = train_classifier(train.images, train.labels, datamodule.num_classes, epochs, seed, progress)
+        classifier = train_classifier(
+            train.images, train.labels, datamodule.num_classes, epochs, seed, progress, width, batch_size, lr
+        )
         val_acc = accuracy(classifier, val.images, val.labels)
         log.info(f"domain classifier for {datamodule.name}: held-out accuracy {val_acc:.4f} ({len(val)} images)")
         return {"state_dict": classifier.state_dict(), "val_accuracy": val_acc}
@@ -183,6 +220,6 @@ def load_or_train_domain_extractor(
     with torch.inference_mode(False):  # normal tensors, usable in and outside inference mode alike
         saved, trained = load_or_compute(path, key, compute)
     with torch.device("meta"):  # no initialisation (which would draw from the global RNG): the weights come next
-        classifier = DomainClassifier(shape[0], datamodule.num_classes)
+        classifier = DomainClassifier(shape[0], datamodule.num_classes, width)
     classifier.load_state_dict(saved["state_dict"], assign=True)
     return DomainExtractor(classifier, datamodule.name, shape, saved["val_accuracy"], trained)

@@ -56,16 +56,18 @@ def load_inception(weights_path: str | os.PathLike | None) -> FeatureExtractorIn
         except (OSError, RuntimeError) as err:  # URLError, timeouts, a corrupt download
             raise RuntimeError(
                 f"could not download the InceptionV3 weights ({type(err).__name__}: {err}). Fetch {URL_INCEPTION_V3} "
-                "on a machine with a network and pass eval.weights_path=<that file>"
+                "on a machine with a network and pass eval.extractor.weights_path=<that file>"
             ) from err
     path = Path(weights_path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"eval.weights_path={weights_path}: no such file (fetch it from {URL_INCEPTION_V3})")
+        raise FileNotFoundError(
+            f"eval.extractor.weights_path={weights_path}: no such file (fetch it from {URL_INCEPTION_V3})"
+        )
     try:
         return FeatureExtractorInceptionV3(NAME, FEATURES, str(path))
     except Exception as err:  # torch.load's and load_state_dict's many error types: all mean "wrong file"
         raise ValueError(
-            f"eval.weights_path={weights_path} is not an {NAME} state dict ({type(err).__name__}: {err}); "
+            f"eval.extractor.weights_path={weights_path} is not an {NAME} state dict ({type(err).__name__}: {err}); "
             f"the weights are at {URL_INCEPTION_V3}"
         ) from err
 
@@ -101,6 +103,18 @@ class InceptionExtractor(FeatureExtractor):
         with precision_context(self.precision, x.device.type):
             features, logits = self.net(x)
         return features.float(), logits.float()
+
+
+def inception_extractor(
+    datamodule=None,
+    cache_dir: str | None = None,
+    progress: bool = True,
+    weights_path: str | None = None,
+    precision: str = "fp32",
+) -> InceptionExtractor:
+    """The `inception` extractor config's factory (the same network for every dataset: `datamodule`, `cache_dir`
+    and `progress` are unused; the weights come from torch hub's cache or `weights_path`)."""
+    return InceptionExtractor(weights_path=weights_path, precision=precision)
 
 
 def random_inception_weights(folder: str | os.PathLike, seed: int = 0) -> str:

@@ -52,3 +52,11 @@ class RandomProjectionExtractor(FeatureExtractor):
         features = x.flatten(1) @ self.features_map.float()  # (B, C*H*W) @ (C*H*W, D) -> (B, D)
         logits = features @ self.logits_map.float() if self.num_logits else None
         return features, logits
+
+
+def random_extractor(
+    datamodule, cache_dir: str | None = None, progress: bool = True, dim: int = 64, seed: int = 0
+) -> RandomProjectionExtractor:
+    """The `random` extractor config's factory: a projection of the data's image shape with one logit per class
+    of the data (nothing to cache or train: `cache_dir` and `progress` are unused)."""
+    return RandomProjectionExtractor(tuple(datamodule.image_shape), dim, datamodule.num_classes, seed)

@@ -8,19 +8,32 @@ Each function matches a reference implementation (see the module docstrings and 
 - `precision_recall`: improved precision & recall (Kynkäänniemi et al. 2019; torch-fidelity)
 - `density_coverage`: density & coverage (Naeem et al. 2020; prdc)
 - `intra_fid`, `classifier_accuracy`: class-conditional generators (Miyato & Koyama 2018; Odena et al. 2017)
+- `class_kl`, `classes_covered`: class coverage from a classifier's predictions (VEEGAN, PacGAN)
+- `copy_rate`, `authenticity`, `data_copying`: the novelty axis against the training and held-out splits
+  (Alaa et al. 2022; Meehan et al. 2020)
+- `classification_accuracy_score`: CAS of a conditional generator (Ravuri & Vinyals 2019)
 
 Arguments are `real_*` / `fake_*` tensors; results are Python floats (pairs as tuples).
 """
 
+from genlab.metrics.cas import classification_accuracy_score
+from genlab.metrics.classes import class_kl, classes_covered
 from genlab.metrics.conditional import classifier_accuracy, intra_fid
 from genlab.metrics.frechet import FeatureStats, fid, fid_from_stats
 from genlab.metrics.inception import inception_score
 from genlab.metrics.kernel_distance import kid
-from genlab.metrics.knn import density_coverage, knn_radii, precision_recall
+from genlab.metrics.knn import density_coverage, knn_radii, nearest, precision_recall
+from genlab.metrics.novelty import authenticity, copy_rate, data_copying
 
 __all__ = [
     "FeatureStats",
+    "authenticity",
+    "class_kl",
+    "classes_covered",
+    "classification_accuracy_score",
     "classifier_accuracy",
+    "copy_rate",
+    "data_copying",
     "density_coverage",
     "fid",
     "fid_from_stats",
@@ -28,5 +41,6 @@ __all__ = [
     "intra_fid",
     "kid",
     "knn_radii",
+    "nearest",
     "precision_recall",
 ]

@@ -57,3 +57,8 @@ def check_labels(name: str, labels: Tensor, num_samples: int, features_name: str
         )
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise ValueError(f"{name} must be an integer tensor, got dtype {labels.dtype}")
+
+
+class TooFewSamplesError(ValueError):
+    """The samples are too few where a metric needs them (e.g. no k-means cell holds enough generated samples):
+    a property of this sample set, not of the arguments. Callers may skip the metric and say why."""

@@ -49,14 +49,20 @@ def write_report(folder: str | Path, out: str | Path | None = None) -> Path:
 
 
 def copy_grids(run: Run, folder: Path, out: Path) -> list[tuple[str, str]]:
-    """Copy the run's last sample (and reconstruction) grid beside the page: [(caption, relative path), ...]."""
+    """Copy the run's last sample, reconstruction and nearest-neighbour grids beside the page:
+    [(caption, relative path), ...]."""
     folder.mkdir(parents=True, exist_ok=True)
     grids = []
-    for kind, source in (("samples", run.samples), ("reconstructions", run.reconstructions)):
+    kinds = (
+        ("samples", "samples", run.samples),
+        ("reconstructions", "reconstructions", run.reconstructions),
+        ("nearest", "nearest training images (left: sample)", run.nearest),
+    )
+    for kind, caption, source in kinds:
         if source is not None:
             target = folder / f"{slug(run.name)}-{kind}-{source.name}"
             shutil.copyfile(source, target)
-            grids.append((f"{kind}, {source.stem.replace('_', ' ')}", relative(target, out)))
+            grids.append((f"{caption}, {source.stem.replace('_', ' ')}", relative(target, out)))
     return grids
 
 

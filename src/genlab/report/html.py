@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from html import escape
 
+from genlab.metric_table import NOVELTY_GUIDE, NOVELTY_KEYS
 from genlab.report.runs import Run
 from genlab.report.summary import Group, extractors, table_metrics
 
@@ -57,6 +58,7 @@ def render(page: Page) -> str:
         extractor_warning(page.groups),
         notes(page.notes),
         metrics_table(page.groups, anchors),
+        novelty_guide(page.groups),
         runs_table(page.runs, anchors, table_metrics(page.groups)),
         plots(page.plots),
         *(run_section(run, anchors[run.name], page.grids.get(run.name, [])) for run in page.runs),
@@ -119,6 +121,13 @@ def extractor_warning(groups: list[Group]) -> str:
         f"{names}. Numbers from different extractors are not comparable; each configuration is shown once per "
         "extractor.</div>"
     )
+
+
+def novelty_guide(groups: list[Group]) -> str:
+    """How to read the novelty columns, where the table has any."""
+    if not any(metric.removeprefix("eval/") in NOVELTY_KEYS for metric in table_metrics(groups)):
+        return ""
+    return f'<div class="box"><strong>Reading the novelty axis.</strong> {escape(NOVELTY_GUIDE)}</div>'
 
 
 def notes(items: list[tuple[str, str]]) -> str:

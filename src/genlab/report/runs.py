@@ -59,6 +59,7 @@ class Run:
     config_text: str = ""
     samples: Path | None = None
     reconstructions: Path | None = None
+    nearest: Path | None = None  # generated samples beside their nearest training images
 
     @property
     def configuration(self) -> str:
@@ -117,6 +118,7 @@ def read_run(path: Path, name: str | None = None) -> Run:
     run.extractor = describe_extractor(status.get("evaluation")) or hparams_extractor(run)
     run.samples = last_grid(path / "samples")
     run.reconstructions = last_grid(path / "reconstructions")
+    run.nearest = last_grid(path / "nearest")
     return run
 
 

@@ -11,20 +11,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from genlab.metric_table import KEYS
 from genlab.report.runs import GOOD, Run
 
-METRICS = (
-    "eval/fid",
-    "eval/is",
-    "eval/kid",
-    "eval/precision",
-    "eval/recall",
-    "eval/density",
-    "eval/coverage",
-    "eval/intra_fid",
-    "eval/accuracy",
-    "val/loss",
-)
+METRICS = (*(f"eval/{key}" for key in KEYS), "val/loss")  # every metric of the table, in table order
 NOT_RECORDED = "not recorded"  # eval/* numbers whose extractor the run did not write down
 
 

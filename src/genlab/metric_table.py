@@ -1,0 +1,289 @@
+"""The metric table: every metric genlab computes, in one place.
+
+Per metric: the name used in `eval.metrics`, the keys it writes (logged as `eval/<key>`, in metrics.json, the
+report and the benchmark table), what it needs, its settings with their defaults, whether the per-epoch
+callback computes it by default, and the digits tables show. The callback, `evaluate.py` (both through
+`genlab.evaluator.Evaluator`), the config (`${metric_default:<setting>}`), the report and the benchmark read it.
+
+Adding a metric: its function in `genlab/metrics/`, its row here, its test.
+
+Needs:
+- `logits`: the extractor gives logits (IS).
+- `class_logits`: logits over the dataset's own classes (the domain classifier; not InceptionV3's 1008).
+- `conditional`: a class-conditional model (labels asked for) and labelled real data.
+- `heldout`: the held-out split (the test split where the dataset has one, else the validation split).
+- `images`: the generated images themselves, not only their features (always kept).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from genlab import metrics as M
+from genlab.metrics._checks import TooFewSamplesError
+from genlab.metrics.cas import Fit, classification_accuracy_score
+from genlab.metrics.classes import class_kl, classes_covered
+from genlab.metrics.novelty import authenticity, copy_rate, data_copying
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from genlab.evaluator import FeatureSet
+
+NEEDS = ("logits", "class_logits", "conditional", "heldout", "images")
+
+
+@dataclass
+class Inputs:
+    """What a metric may read. `real` is the FID reference (a fixed subset of `train` of the evaluation's size),
+    `train` the whole training split, `heldout` the held-out split; each with features, logits, labels, images.
+
+    `translations(side, pixels)` gives (V, N, D) features of a side's images shifted by up to `pixels`;
+    `fit(epochs)` a classifier trainer for CAS; `memo(key, compute)` keeps what does not change between
+    evaluations (real-only results) for the evaluator's lifetime.
+    """
+
+    real: FeatureSet
+    fake: FeatureSet
+    train: FeatureSet
+    heldout: FeatureSet | None = None
+    translations: Callable[[str, int], Tensor] | None = None
+    fit: Callable[[int], Fit] | None = None
+    memo: Callable[[Any, Callable[[], Any]], Any] = lambda key, compute: compute()  # noqa: E731
+
+
+Compute = Callable[[Inputs, dict[str, Any]], "float | tuple[float, ...]"]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One row of the table: see the module docstring."""
+
+    name: str
+    keys: tuple[str, ...]
+    compute: Compute
+    needs: tuple[str, ...] = ()
+    settings: dict[str, Any] = field(default_factory=dict)
+    per_epoch: bool = True
+    digits: int = 2
+    doc: str = ""
+
+
+def _kid(i: Inputs, s: dict[str, Any]) -> tuple[float, float]:
+    size = s["kid_subset_size"]
+    if min(len(i.real), len(i.fake)) < size:
+        raise ValueError(
+            f"KID subsets of {size} need at least that many real and fake samples, got {len(i.real)} real and "
+            f"{len(i.fake)} fake: lower eval.kid_subset_size or raise eval.num_samples"
+        )
+    return M.kid(i.real.features, i.fake.features, s["kid_subsets"], size, s["kid_seed"])
+
+
+def _copy_rate(i: Inputs, s: dict[str, Any]) -> float:
+    pixels = s["copy_shift"]
+    heldout = i.memo(("heldout-translations", pixels), lambda: i.translations("heldout", pixels))
+    return copy_rate(i.train.features, heldout, i.translations("fake", pixels), s["copy_quantile"])
+
+
+def _cas(i: Inputs, s: dict[str, Any]) -> tuple[float, float]:
+    held = i.heldout
+    fit = i.fit(s["cas_epochs"])
+    real = i.memo(
+        ("cas_real", s["cas_epochs"]),
+        lambda: classification_accuracy_score(i.real.images, i.real.labels, held.images, held.labels, fit),
+    )
+    fake = classification_accuracy_score(i.fake.images, i.fake.labels, held.images, held.labels, fit)
+    return fake, real
+
+
+TABLE: tuple[Metric, ...] = (
+    Metric("fid", ("fid",), lambda i, s: M.fid(i.real.features, i.fake.features), doc="FID against the training split"),
+    Metric(
+        "fid_heldout",
+        ("fid_heldout",),
+        lambda i, s: M.fid(i.heldout.features, i.fake.features),
+        needs=("heldout",),
+        doc="FID against the held-out split; far above `fid` = closer to the training images than to new ones",
+    ),
+    Metric(
+        "is",
+        ("is", "is_std"),
+        lambda i, s: M.inception_score(i.fake.logits, s["is_splits"], s["is_shuffle_seed"]),
+        needs=("logits",),
+        settings={"is_splits": 10, "is_shuffle_seed": 2020},  # torch-fidelity's defaults; seed null: no shuffle
+    ),
+    Metric(
+        "kid",
+        ("kid", "kid_std"),
+        _kid,
+        settings={"kid_subsets": 100, "kid_subset_size": 1000, "kid_seed": 2020},  # torch-fidelity's defaults
+        digits=3,
+    ),
+    Metric(
+        "pr",
+        ("precision", "recall"),
+        lambda i, s: M.precision_recall(i.real.features, i.fake.features, k=s["pr_k"]),
+        settings={"pr_k": 3},
+        digits=3,
+    ),
+    Metric(
+        "dc",
+        ("density", "coverage"),
+        lambda i, s: M.density_coverage(i.real.features, i.fake.features, k=s["dc_k"]),
+        settings={"dc_k": 5},
+        digits=3,
+    ),
+    Metric(
+        "intra_fid",
+        ("intra_fid",),
+        lambda i, s: M.intra_fid(i.real.features, i.real.labels, i.fake.features, i.fake.labels),
+        needs=("conditional",),
+    ),
+    Metric(
+        "accuracy",
+        ("accuracy",),
+        lambda i, s: M.classifier_accuracy(i.fake.logits, i.fake.labels),
+        needs=("conditional", "class_logits"),
+        digits=3,
+    ),
+    Metric(
+        "classes",
+        ("class_kl", "classes_covered"),
+        lambda i, s: (
+            class_kl(i.train.logits, i.fake.logits),
+            classes_covered(i.train.logits, i.fake.logits, s["classes_min_share"]),
+        ),
+        needs=("class_logits",),
+        settings={"classes_min_share": 0.1},
+        digits=3,
+    ),
+    Metric(
+        "copy_rate",
+        ("copy_rate",),
+        _copy_rate,
+        needs=("heldout", "images"),
+        settings={"copy_quantile": 0.02, "copy_shift": 1},  # pixels of translation searched; 0: none
+        digits=3,
+    ),
+    Metric(
+        "authenticity",
+        ("authenticity",),
+        lambda i, s: authenticity(i.train.features, i.fake.features),
+        digits=3,
+    ),
+    Metric(
+        "ct",
+        ("ct",),
+        lambda i, s: data_copying(
+            i.train.features, i.heldout.features, i.fake.features, s["ct_cells"], s["ct_min_per_cell"]
+        ),
+        needs=("heldout",),
+        settings={"ct_cells": 10, "ct_min_per_cell": 20},
+    ),
+    Metric(
+        "cas",
+        ("cas", "cas_real"),
+        _cas,
+        needs=("conditional", "heldout", "images"),
+        settings={"cas_epochs": 8},
+        per_epoch=False,
+        digits=3,
+    ),
+)
+
+BY_NAME: dict[str, Metric] = {m.name: m for m in TABLE}
+KEYS: tuple[str, ...] = tuple(key for m in TABLE for key in m.keys)  # every output key, in table order
+DIGITS: dict[str, int] = {key: m.digits for m in TABLE for key in m.keys}
+SETTINGS: dict[str, Any] = {name: value for m in TABLE for name, value in m.settings.items()}
+
+
+NOVELTY_KEYS = ("fid_heldout", "copy_rate", "authenticity", "ct")
+NOVELTY_GUIDE = (
+    "FID, precision and recall reward a model that returns its training images, so read them beside the novelty "
+    "columns, all measured against the training split with a held-out split (real images no model saw) as the "
+    "yardstick. fid_heldout well above fid means the samples sit closer to the training images than to new real "
+    "ones. copy_rate is the share of samples at least as close to a training image (allowing a 1-pixel shift) as "
+    "the closest 2% of held-out images are: about 0.02 for a model that makes new images, 1 for a copy of the "
+    "training set. authenticity is the share of samples farther from their nearest training image than that "
+    "image is from its own nearest neighbour: about 0.5 for held-out images, 0 for copies. ct is the "
+    "data-copying z-score: below -3 flags copying, near 0 is healthy, clearly positive means under-fitting. A "
+    "model ranks first honestly only with low fid and a copy rate and ct near held-out data's."
+)
+
+
+def select(metrics: str | list[str] | tuple[str, ...]) -> list[Metric]:
+    """The metrics asked for: `default` (the per-epoch ones), `all`, or a list of names, validated."""
+    if isinstance(metrics, str):
+        if metrics == "default":
+            return [m for m in TABLE if m.per_epoch]
+        if metrics == "all":
+            return list(TABLE)
+        metrics = [metrics]
+    unknown = [name for name in metrics if name not in BY_NAME]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown}; valid: {list(BY_NAME)}, or 'default' or 'all'")
+    return [BY_NAME[name] for name in dict.fromkeys(metrics)]
+
+
+def check_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """The table's defaults updated with `settings`; an unknown name raises, listing the valid ones."""
+    import difflib
+
+    unknown = [name for name in settings if name not in SETTINGS]
+    if unknown:
+        hints = [difflib.get_close_matches(name, SETTINGS, n=1) for name in unknown]
+        hint = "".join(f" (did you mean {h[0]!r}?)" for h in hints if h)
+        raise ValueError(f"unknown metric setting(s) {unknown}{hint}; valid: {sorted(SETTINGS)}")
+    return {**SETTINGS, **settings}
+
+
+def default_setting(name: str) -> Any:
+    """The table's default of one setting (the `${metric_default:<name>}` resolver of the eval config)."""
+    if name not in SETTINGS:
+        raise KeyError(f"no metric setting {name!r}; valid: {sorted(SETTINGS)}")
+    return SETTINGS[name]
+
+
+def unmet_needs(metric: Metric, i: Inputs, num_classes: int) -> str | None:
+    """Why `metric` cannot be computed from `i` (for data with `num_classes` classes), or None."""
+    reasons = {
+        "logits": (i.fake.logits is None, "the extractor gives no logits"),
+        "class_logits": (
+            i.fake.logits is None or num_classes < 2 or i.fake.logits.shape[1] != num_classes,
+            f"logits over the data's {num_classes} classes (the domain extractor's)",
+        ),
+        "conditional": (i.fake.labels is None or i.real.labels is None, "a conditional model and labelled data"),
+        "heldout": (i.heldout is None, "a held-out split"),
+        "images": (i.fake.images is None or i.translations is None, "the generated images"),
+    }
+    unmet = [text for need in metric.needs for bad, text in [reasons[need]] if bad]
+    return ("needs " + "; ".join(unmet)) if unmet else None
+
+
+def compute(
+    metrics: list[Metric],
+    inputs: Inputs,
+    settings: dict[str, Any],
+    num_classes: int = 0,
+    skip: Callable[[str, str], None] | None = None,
+) -> dict[str, float]:
+    """Every metric of `metrics` whose needs `inputs` meet, as a flat {key: float}. A metric that cannot be
+    computed (an unmet need, or too few samples where it needs them) is passed to `skip(name, why)`, or raises a
+    ValueError when `skip` is None."""
+    out: dict[str, float] = {}
+    for metric in metrics:
+        why = unmet_needs(metric, inputs, num_classes)
+        try:
+            if why:
+                raise TooFewSamplesError(why)
+            value = metric.compute(inputs, settings)
+        except TooFewSamplesError as err:
+            if skip is None:
+                raise ValueError(f"metric {metric.name!r} cannot be computed: {err}") from err
+            skip(metric.name, str(err))
+            continue
+        values = value if isinstance(value, tuple | list) else (value,)
+        out.update({key: float(v) for key, v in zip(metric.keys, values, strict=True)})
+    return out
