@@ -218,6 +218,19 @@ def test_evaluate_scores_a_folder_real_images_beat_noise(tmp_path: Path) -> None
         evaluate(cfg)
 
 
+def test_a_misspelt_metric_setting_fails_in_training_and_in_evaluate_py(train_cfg, tmp_path: Path) -> None:
+    """Both build the evaluator from the same eval node: an appended unknown key fails in both, before any
+    training or scoring, naming the closest valid setting."""
+    with pytest.raises(Exception, match="did you mean 'kid_subset_size'"):
+        train(train_cfg("run", *EVAL, "+eval.kid_subset_sise=32"))
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    cfg = compose_train(
+        tmp_path / "ev", "data=synthetic", "eval.fake_dir=x", "+eval.kid_subset_sise=32", config_name="evaluate"
+    )
+    with pytest.raises(Exception, match="did you mean 'kid_subset_size'"):
+        evaluate(cfg)
+
+
 def test_evaluate_needs_exactly_one_source(tmp_path: Path) -> None:
     cfg = compose_train(tmp_path / "ev", "data=synthetic", config_name="evaluate")
     with pytest.raises(ValueError, match="exactly one of ckpt_path"):

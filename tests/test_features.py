@@ -124,10 +124,12 @@ def test_every_extractor_config_builds_through_its_factory(name: str, tmp_path: 
     if name == "domain":
         node.epochs = 1
     dm = instantiate(cfg.data)
-    extractor = instantiate(node)(datamodule=dm, cache_dir=str(tmp_path / "cache"), progress=False)
+    factory = instantiate(node)
+    extractor = factory(datamodule=dm, cache_dir=str(tmp_path / "cache"), precision="bf16", progress=False)
     features, _ = extractor(images(2, 1, 28))
-    assert features.shape == (2, extractor.feature_dim)
-    assert extractor.precision == ("tf32" if name == "inception" else "fp32")  # inception reads eval.precision
+    assert features.shape == (2, extractor.feature_dim) and extractor.precision == "bf16"
+    with pytest.raises(ValueError, match=r"precision must be one of \['fp32', 'tf32', 'bf16'\], got 'fp16'"):
+        factory(datamodule=dm, cache_dir=str(tmp_path / "cache"), precision="fp16", progress=False)
 
 
 def test_random_projection_shapes_and_determinism() -> None:

@@ -216,14 +216,20 @@ def test_cas_is_skipped_without_asked_for_labels(digits: MNISTDataModule, caplog
 
 # ---------------------------------------------------------------------------------------------- the evaluation path
 def test_scores_do_not_depend_on_the_batch_size(digits: MNISTDataModule) -> None:
-    images = digits.val_set.images[:300]
+    images = torch.roll(digits.train_set.images[-300:], shifts=2, dims=2)  # near the data, tied with no held-out one
     names = ["fid", "fid_heldout", "pr", "dc", "classes", "copy_rate", "authenticity", "ct"]
     big = Evaluator(random_extractor, names, num_samples=300, batch_size=500, progress=False)
     small = Evaluator(random_extractor, names, num_samples=300, batch_size=7, progress=False)
     a, b = (e.evaluate(digits, "cpu", images=images).metrics for e in (big, small))
     assert a.keys() == b.keys() and set(a) >= {"copy_rate", "class_kl", "classes_covered", "ct"}
     for key in a:
-        assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-9), key
+        # the extractor's float32 features differ in the last bits between batch sizes (BLAS blocking); C_T ranks
+        # distances, so two near-equal ones may swap: it gets a tolerance of a hundredth of a z-unit
+        assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-2 if key == "ct" else 1e-9), key
+    features = big.evaluate(digits, "cpu", images=images).fake.features
+    train, held = big._train.features, big._heldout.features
+    order = torch.randperm(len(features), generator=torch.Generator().manual_seed(0))
+    assert M.data_copying(train, held, features[order]) == pytest.approx(M.data_copying(train, held, features))
 
 
 def test_real_feature_cache_is_keyed_on_the_images(tmp_path: Path) -> None:

@@ -231,7 +231,8 @@ def test_the_sweep_page_renders_in_chromium_with_no_errors(sweep_report: Path, b
     )
     assert sorted(img["src"] for img in page["images"]) == pngs  # every image, as a relative path
     assert all(img["loaded"] and img["shown"] for img in page["images"]), [i for i in page["images"] if not i["loaded"]]
-    assert sum("grids/" in p for p in pngs) == 2 * 6  # each run's last samples and reconstructions
+    assert sum("grids/" in p for p in pngs) == 3 * 6  # each run's last samples, reconstructions, nearest neighbours
+    assert sum("-nearest-" in p for p in pngs) == 6
     assert page["tables"]["metrics"] == {"rows": 1 + 2, "shown": True}  # two configurations
     assert page["tables"]["runs"] == {"rows": 1 + 6, "shown": True}
     for flag in ("RuntimeError: planned crash at epoch 1, batch 1", "is gone", "csv/metrics.csv is truncated"):
@@ -253,7 +254,7 @@ def test_each_configuration_shows_mean_and_std_over_its_finished_seeds(sweep: Pa
         assert f"{mean:.4g} ± {std:.2g}" in html
     assert one_seed.stats("eval/fid") == pytest.approx((status_of(sweep / "2")["metrics"]["eval/fid"], None, 1))
     extractor = RandomProjectionExtractor((1, 28, 28), num_logits=SyntheticDataModule().num_classes)
-    assert {g.extractor for g in groups.values()} == {f"random {extractor.weights_hash()} (fp32)"}
+    assert {g.extractor for g in groups.values()} == {f"random {extractor.weights_hash()} (tf32)"}  # eval.precision
 
 
 @pytest.mark.slow
@@ -264,7 +265,7 @@ def test_crashed_and_half_written_runs_are_flagged_with_their_error(sweep: Path)
     }  # fmt: skip
     assert runs["3"].error == "RuntimeError: planned crash at epoch 1, batch 1"
     extractor = RandomProjectionExtractor((1, 28, 28), num_logits=SyntheticDataModule().num_classes)
-    assert runs["3"].extractor == f"random {extractor.weights_hash()} (fp32)"  # from hparams.yaml: no evaluation
+    assert runs["3"].extractor == f"random {extractor.weights_hash()} (tf32)"  # from hparams.yaml: no evaluation
     assert "its process" in runs["4"].error and "is gone" in runs["4"].error
     assert "no status.json" in runs["5"].error and "truncated" in runs["5"].error
     assert runs["5"].history["val/loss"] == runs["2"].history["val/loss"][:-1]  # the cut line is dropped

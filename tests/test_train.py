@@ -145,7 +145,8 @@ def test_wandb_logger_runs_offline_without_an_account(train_cfg, tmp_path: Path,
     runs = list((tmp_path / "wb" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     records = wandb_records(runs[0])
-    for key in (b"train/loss", b"val/loss", b"eval/fid", b"eval/precision", b"images/samples", b"best/eval_fid"):
+    keys = (b"train/loss", b"val/loss", b"eval/fid", b"eval/precision", b"eval/copy_rate", b"best/eval_fid")
+    for key in (*keys, b"images/samples", b"images/nearest"):  # the nearest-neighbour grid too
         assert key in records, key
     assert f"{metrics['eval/fid']}".encode()[:6] in records
     assert len(list((runs[0] / "files" / "media" / "images").rglob("*.png"))) >= 2  # a grid each epoch

@@ -19,7 +19,6 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-import genlab.train  # noqa: F401  (registers the config's resolvers)
 from genlab.train import CONFIG_DIR
 
 log = logging.getLogger(__name__)

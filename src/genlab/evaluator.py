@@ -221,8 +221,8 @@ class Evaluator:
         metrics: `default` (the per-epoch metrics of `genlab.metric_table`), `all`, or a list of metric names.
         num_samples: generated images per evaluation; the FID reference is as many training images (or all).
         batch_size: images per `sample()` call and per extractor batch.
-        precision: the inception extractor's precision (fp32 | tf32 | bf16; its config reads `eval.precision`); the
-            precision every number is recorded with is the extractor's own.
+        precision: the arithmetic of feature extraction, fp32 | tf32 | bf16 (`genlab.features.precision`);
+            recorded with every number.
         cache_dir: where real features and trained extractors are cached (None: no cache).
         seed: seed of the sampling noise (the same samples every evaluation for the same weights).
         progress: progress bars while sampling and extracting.
@@ -272,7 +272,9 @@ class Evaluator:
         if self.extractor is None:
             folder = str(Path(self.cache_dir) / "extractors") if self.cache_dir else None
             with torch.inference_mode(False), torch.enable_grad():  # a trained extractor may train here
-                self.extractor = self.factory(datamodule=datamodule, cache_dir=folder, progress=progress)
+                self.extractor = self.factory(
+                    datamodule=datamodule, cache_dir=folder, precision=self.precision, progress=progress
+                )
             self.extractor = self.extractor.to(device).eval()
         if self._data is not datamodule:
             datamodule.setup("fit")

@@ -17,20 +17,27 @@ Needs:
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-
-from genlab import metrics as M
-from genlab.metrics._checks import TooFewSamplesError
-from genlab.metrics.cas import Fit, classification_accuracy_score
-from genlab.metrics.classes import class_kl, classes_covered
-from genlab.metrics.novelty import authenticity, copy_rate, data_copying
 
 if TYPE_CHECKING:
     from torch import Tensor
 
     from genlab.evaluator import FeatureSet
+    from genlab.metrics.cas import Fit
+
+
+class _Lazy:
+    """`genlab.metrics`, imported on first use: reading the table (names, keys, settings for the config) must not
+    cost torch's import time, so that a mistyped command line still answers in a second."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(importlib.import_module("genlab.metrics"), name)
+
+
+M = _Lazy()
 
 NEEDS = ("logits", "class_logits", "conditional", "heldout", "images")
 
@@ -84,7 +91,20 @@ def _kid(i: Inputs, s: dict[str, Any]) -> tuple[float, float]:
 def _copy_rate(i: Inputs, s: dict[str, Any]) -> float:
     pixels = s["copy_shift"]
     heldout = i.memo(("heldout-translations", pixels), lambda: i.translations("heldout", pixels))
-    return copy_rate(i.train.features, heldout, i.translations("fake", pixels), s["copy_quantile"])
+    return M.copy_rate(i.train.features, heldout, i.translations("fake", pixels), s["copy_quantile"])
+
+
+def _authenticity(i: Inputs, s: dict[str, Any]) -> float:
+    radius = i.memo("train-nearest-other", lambda: M.nearest_other_distance(i.train.features))
+    return M.authenticity(i.train.features, i.fake.features, train_radius=radius)
+
+
+def _ct(i: Inputs, s: dict[str, Any]) -> float:
+    cells = s["ct_cells"]
+    centroids = i.memo(("train-kmeans", cells), lambda: M.kmeans(i.train.features, cells))
+    return M.data_copying(
+        i.train.features, i.heldout.features, i.fake.features, cells, s["ct_min_per_cell"], centroids=centroids
+    )
 
 
 def _cas(i: Inputs, s: dict[str, Any]) -> tuple[float, float]:
@@ -92,9 +112,9 @@ def _cas(i: Inputs, s: dict[str, Any]) -> tuple[float, float]:
     fit = i.fit(s["cas_epochs"])
     real = i.memo(
         ("cas_real", s["cas_epochs"]),
-        lambda: classification_accuracy_score(i.real.images, i.real.labels, held.images, held.labels, fit),
+        lambda: M.classification_accuracy_score(i.real.images, i.real.labels, held.images, held.labels, fit),
     )
-    fake = classification_accuracy_score(i.fake.images, i.fake.labels, held.images, held.labels, fit)
+    fake = M.classification_accuracy_score(i.fake.images, i.fake.labels, held.images, held.labels, fit)
     return fake, real
 
 
@@ -152,8 +172,8 @@ TABLE: tuple[Metric, ...] = (
         "classes",
         ("class_kl", "classes_covered"),
         lambda i, s: (
-            class_kl(i.train.logits, i.fake.logits),
-            classes_covered(i.train.logits, i.fake.logits, s["classes_min_share"]),
+            M.class_kl(i.train.logits, i.fake.logits),
+            M.classes_covered(i.train.logits, i.fake.logits, s["classes_min_share"]),
         ),
         needs=("class_logits",),
         settings={"classes_min_share": 0.1},
@@ -170,15 +190,13 @@ TABLE: tuple[Metric, ...] = (
     Metric(
         "authenticity",
         ("authenticity",),
-        lambda i, s: authenticity(i.train.features, i.fake.features),
+        _authenticity,
         digits=3,
     ),
     Metric(
         "ct",
         ("ct",),
-        lambda i, s: data_copying(
-            i.train.features, i.heldout.features, i.fake.features, s["ct_cells"], s["ct_min_per_cell"]
-        ),
+        _ct,
         needs=("heldout",),
         settings={"ct_cells": 10, "ct_min_per_cell": 20},
     ),
@@ -272,6 +290,8 @@ def compute(
     """Every metric of `metrics` whose needs `inputs` meet, as a flat {key: float}. A metric that cannot be
     computed (an unmet need, or too few samples where it needs them) is passed to `skip(name, why)`, or raises a
     ValueError when `skip` is None."""
+    from genlab.metrics._checks import TooFewSamplesError
+
     out: dict[str, float] = {}
     for metric in metrics:
         why = unmet_needs(metric, inputs, num_classes)

@@ -31,15 +31,19 @@ log = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
-def metric_default(name: str) -> object:
-    """`${metric_default:<setting>}` in the eval config: the metric table's default (imported when resolved)."""
-    from genlab.metric_table import default_setting
+def register_metric_settings() -> None:
+    """Put the metric table's settings and defaults into Hydra's config store as `eval/metric_settings`, which
+    `configs/eval/default.yaml` merges in: the defaults live in `genlab/metric_table.py` alone, and every
+    setting is a key of the eval node (`eval.kid_subset_size=400` works; a misspelt one fails)."""
+    from hydra.core.config_store import ConfigStore
 
-    return default_setting(name)
+    from genlab.metric_table import SETTINGS
+
+    ConfigStore.instance().store(group="eval", name="metric_settings", node=dict(SETTINGS))
 
 
-if not OmegaConf.has_resolver("metric_default"):
-    OmegaConf.register_new_resolver("metric_default", metric_default)
+register_metric_settings()
+
 CHECKPOINT_KEYS = ("state_dict", "epoch", "global_step", "optimizer_states", "loops")
 
 

@@ -61,9 +61,12 @@ class FeatureExtractor(nn.Module):
 class ExtractorFactory(Protocol):
     """How an evaluation gets its extractor: an extractor config (`configs/eval/extractor/*.yaml`) instantiated
     with `_partial_: true` is called with the datamodule it will score against, a cache folder (where a trained
-    extractor keeps its weights) and whether to show progress bars."""
+    extractor keeps its weights), the precision to extract in (`genlab.features.precision`) and whether to show
+    progress bars."""
 
-    def __call__(self, *, datamodule: Any, cache_dir: str | None, progress: bool) -> FeatureExtractor: ...
+    def __call__(
+        self, *, datamodule: Any, cache_dir: str | None, precision: str, progress: bool
+    ) -> FeatureExtractor: ...
 
 
 def to_uint8(images: Tensor, channels: tuple[int, ...] = (1, 3)) -> Tensor:

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from genlab.features.base import FeatureExtractor, to_uint8
 from genlab.features.cache import load_or_compute
+from genlab.features.precision import check_precision, precision_context
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +80,10 @@ class DomainExtractor(FeatureExtractor):
         image_shape: tuple[int, int, int],
         val_accuracy: float,
         trained: bool,
+        precision: str = "fp32",
     ) -> None:
         super().__init__()
+        self.precision = check_precision(precision)
         self.classifier = classifier.eval()
         self.name = f"domain-{dataset}"
         self.image_shape = tuple(image_shape)
@@ -94,7 +97,8 @@ class DomainExtractor(FeatureExtractor):
                 f"got {tuple(images.shape)}"
             )
         x = normalise(to_uint8(images, channels=(self.image_shape[0],)))  # the same quantisation as stored images
-        features, logits = self.classifier(x)
+        with precision_context(self.precision, x.device.type):
+            features, logits = self.classifier(x)
         return features.float(), logits.float()
 
 
@@ -179,13 +183,14 @@ def load_or_train_domain_extractor(
     epochs: int | None = None,
     seed: int = 0,
     progress: bool = True,
+    precision: str = "fp32",
     width: int = 16,
     batch_size: int = 128,
     lr: float = 3e-3,
 ) -> DomainExtractor:
     """The domain extractor of `datamodule`'s dataset: loaded from `cache_dir` if a valid cache of the same data
     and recipe is there, else trained on the train split, scored on the validation split and cached (None: no
-    cache, always trains).
+    cache, always trains). `precision` is the arithmetic of its forward pass (it always trains in fp32).
 
     Epochs default to 8 below 20k training images and 4 above. Several processes (DDP ranks) may call this at
     once: one trains, the others wait for its file.
@@ -222,4 +227,4 @@ def load_or_train_domain_extractor(
     with torch.device("meta"):  # no initialisation (which would draw from the global RNG): the weights come next
         classifier = DomainClassifier(shape[0], datamodule.num_classes, width)
     classifier.load_state_dict(saved["state_dict"], assign=True)
-    return DomainExtractor(classifier, datamodule.name, shape, saved["val_accuracy"], trained)
+    return DomainExtractor(classifier, datamodule.name, shape, saved["val_accuracy"], trained, precision)

@@ -10,10 +10,8 @@ input), grayscale is tiled to 3 channels (what torch-fidelity does to grayscale 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
 
@@ -23,29 +21,10 @@ from torch_fidelity import feature_extractor_inceptionv3 as tf_inception
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3, FeatureExtractorInceptionV3
 
 from genlab.features.base import FeatureExtractor, to_uint8
+from genlab.features.precision import PRECISIONS, check_precision, precision_context  # noqa: F401 (re-export)
 
-PRECISIONS = ("fp32", "tf32", "bf16")
 NAME = "inception-v3-compat"
 FEATURES = ["2048", "logits_unbiased"]  # pool features for FID/KID/P&R, logits without bias for IS (as TF IS)
-
-
-@contextlib.contextmanager
-def precision_context(precision: str, device_type: str) -> Iterator[None]:
-    """Run the body in `precision`; the global TF32 settings are restored afterwards, even on error.
-
-    fp32 must switch TF32 off explicitly: PyTorch allows it for cuDNN convolutions by default.
-    """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
-    # the matmul precision string, not allow_tf32: restoring "medium" through a bool would give "high"
-    matmul, cudnn = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
-    try:
-        with torch.autocast(device_type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext():
-            yield
-    finally:
-        torch.set_float32_matmul_precision(matmul)
-        torch.backends.cudnn.allow_tf32 = cudnn
 
 
 def load_inception(weights_path: str | os.PathLike | None) -> FeatureExtractorInceptionV3:
@@ -85,9 +64,7 @@ class InceptionExtractor(FeatureExtractor):
 
     def __init__(self, weights_path: str | os.PathLike | None = None, precision: str = "fp32") -> None:
         super().__init__()
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
-        self.precision = precision
+        self.precision = check_precision(precision)
         self.net = load_inception(weights_path)
         self.net.requires_grad_(False)
 
@@ -108,9 +85,9 @@ class InceptionExtractor(FeatureExtractor):
 def inception_extractor(
     datamodule=None,
     cache_dir: str | None = None,
+    precision: str = "fp32",
     progress: bool = True,
     weights_path: str | None = None,
-    precision: str = "fp32",
 ) -> InceptionExtractor:
     """The `inception` extractor config's factory (the same network for every dataset: `datamodule`, `cache_dir`
     and `progress` are unused; the weights come from torch hub's cache or `weights_path`)."""

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from genlab.features.base import FeatureExtractor, to_uint8
+from genlab.features.precision import check_precision
 
 
 class RandomProjectionExtractor(FeatureExtractor):
@@ -55,8 +56,16 @@ class RandomProjectionExtractor(FeatureExtractor):
 
 
 def random_extractor(
-    datamodule, cache_dir: str | None = None, progress: bool = True, dim: int = 64, seed: int = 0
+    datamodule,
+    cache_dir: str | None = None,
+    precision: str = "fp32",
+    progress: bool = True,
+    dim: int = 64,
+    seed: int = 0,
 ) -> RandomProjectionExtractor:
     """The `random` extractor config's factory: a projection of the data's image shape with one logit per class
-    of the data (nothing to cache or train: `cache_dir` and `progress` are unused)."""
-    return RandomProjectionExtractor(tuple(datamodule.image_shape), dim, datamodule.num_classes, seed)
+    of the data (nothing to cache or train: `cache_dir` and `progress` are unused; one matrix product has no
+    precision to choose, so `precision` is recorded only)."""
+    extractor = RandomProjectionExtractor(tuple(datamodule.image_shape), dim, datamodule.num_classes, seed)
+    extractor.precision = check_precision(precision)
+    return extractor

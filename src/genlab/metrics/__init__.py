@@ -23,7 +23,7 @@ from genlab.metrics.frechet import FeatureStats, fid, fid_from_stats
 from genlab.metrics.inception import inception_score
 from genlab.metrics.kernel_distance import kid
 from genlab.metrics.knn import density_coverage, knn_radii, nearest, precision_recall
-from genlab.metrics.novelty import authenticity, copy_rate, data_copying
+from genlab.metrics.novelty import authenticity, copy_rate, data_copying, kmeans, nearest_other_distance
 
 __all__ = [
     "FeatureStats",
@@ -40,7 +40,9 @@ __all__ = [
     "inception_score",
     "intra_fid",
     "kid",
+    "kmeans",
     "knn_radii",
     "nearest",
+    "nearest_other_distance",
     "precision_recall",
 ]

@@ -80,16 +80,28 @@ def copy_rate(
     return float((fake <= tau).double().mean())
 
 
-def authenticity(train_features: Tensor, fake_features: Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE) -> float:
+def nearest_other_distance(features: Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Tensor:
+    """(N,) float64 distance of every sample of (N, D) `features` to its nearest other sample (N >= 2)."""
+    check_features("features", features, 2, "a nearest other sample")
+    return nearest(features, features, 2, chunk_size, feature_mean(features))[0][:, 1]  # column 0: the sample
+
+
+def authenticity(
+    train_features: Tensor,
+    fake_features: Tensor,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    train_radius: Tensor | None = None,
+) -> float:
     """AuthPct as a fraction in [0, 1]: the share of generated samples farther from their nearest training sample
     t than t is from its own nearest other training sample. About 0.5 or more for a model that generalises;
-    0 for a copy of the training set. Needs N_t >= 2; (N_t, D) and (N_f, D) features on one device."""
+    0 for a copy of the training set. Needs N_t >= 2; (N_t, D) and (N_f, D) features on one device.
+    `train_radius`: `nearest_other_distance(train_features)`, when the caller keeps it between evaluations."""
     check_features("train_features", train_features, 2, "authenticity (a training sample's nearest other one)")
     check_features("fake_features", fake_features)
     check_pair(train_features, fake_features, "train_features")
-    centre = feature_mean(train_features)
-    train_radius = nearest(train_features, train_features, 2, chunk_size, centre)[0][:, 1]  # column 0: itself
-    distance, index = nearest(fake_features, train_features, 1, chunk_size, centre)
+    if train_radius is None:
+        train_radius = nearest_other_distance(train_features, chunk_size)
+    distance, index = nearest(fake_features, train_features, 1, chunk_size, feature_mean(train_features))
     return float((train_radius[index[:, 0]] < distance[:, 0]).double().mean())
 
 
@@ -153,6 +165,7 @@ def data_copying(
     cells: int = 10,
     min_fake_per_cell: int = 20,
     seed: int = 0,
+    centroids: Tensor | None = None,
 ) -> float:
     """C_T of Meehan et al. 2020: << 0 copying, ~0 fine, > 0 under-fitting (see the module docstring).
 
@@ -162,13 +175,15 @@ def data_copying(
         min_fake_per_cell: a cell counts when it holds more than this many generated samples (the reference's
             tau = 20 / N_f).
         seed: seed of the k-means.
+        centroids: `kmeans(train_features, cells, seed=seed)`, when the caller keeps it between evaluations.
     Raises `TooFewSamplesError` (a ValueError) when no cell holds enough generated samples and a held-out one.
     """
     check_features("heldout_features", heldout_features)
     check_features("fake_features", fake_features)
     check_pair(train_features, fake_features, "train_features")
     check_pair(train_features, heldout_features, "train_features", "heldout_features")
-    centroids = kmeans(train_features, cells, seed=seed)
+    if centroids is None:
+        centroids = kmeans(train_features, cells, seed=seed)
     train_cell, held_cell, fake_cell = (
         assign_cells(f, centroids) for f in (train_features, heldout_features, fake_features)
     )
