@@ -363,7 +363,7 @@ class Evaluator:
             fake=fake,
             train=self._train,
             heldout=self._heldout,
-            translations=lambda side, pixels: self.translations(fake if side == "fake" else self._heldout, pixels),
+            translations=lambda side, pixels: self.translations({"fake": fake, "train": self._train}[side], pixels),
             fit=lambda epochs: self.classifier_trainer(num_classes, epochs),
             memo=self.memo,
         )
@@ -381,12 +381,13 @@ class Evaluator:
         return self._memo[key]
 
     def translations(self, side: FeatureSet, pixels: int) -> Tensor:
-        """(V, N, D) features of `side`'s images translated by up to `pixels` in each direction (V = (2p+1)^2)."""
+        """(V N, D) features of `side`'s images and of their translations by up to `pixels` in each direction
+        (V = (2 pixels + 1)^2), the untranslated ones first."""
         views = [
             extract_images(x, None, self.extractor, side.features.device, self.batch_size, False).features
-            for x in translated(side.images, pixels)
+            for x in translated(side.images, pixels)[1:]
         ]
-        return torch.stack(views)
+        return torch.cat([side.features, *views])
 
     def classifier_trainer(self, num_classes: int, epochs: int):
         from genlab.features.domain import fit_classifier

@@ -47,7 +47,8 @@ class Inputs:
     """What a metric may read. `real` is the FID reference (a fixed subset of `train` of the evaluation's size),
     `train` the whole training split, `heldout` the held-out split; each with features, logits, labels, images.
 
-    `translations(side, pixels)` gives (V, N, D) features of a side's images shifted by up to `pixels`;
+    `translations(side, pixels)` gives (V N, D) features of a side's images and their translations by up to
+    `pixels` (V = (2 pixels + 1)^2, the untranslated images first);
     `fit(epochs)` a classifier trainer for CAS; `memo(key, compute)` keeps what does not change between
     evaluations (real-only results) for the evaluator's lifetime.
     """
@@ -89,9 +90,11 @@ def _kid(i: Inputs, s: dict[str, Any]) -> tuple[float, float]:
 
 
 def _copy_rate(i: Inputs, s: dict[str, Any]) -> float:
-    pixels = s["copy_shift"]
-    heldout = i.memo(("heldout-translations", pixels), lambda: i.translations("heldout", pixels))
-    return M.copy_rate(i.train.features, heldout, i.translations("fake", pixels), s["copy_quantile"])
+    pixels = s["copy_shift"]  # the training images and their translations by up to this many pixels, once
+    train = i.memo(("train-translations", pixels), lambda: i.translations("train", pixels))
+    q = s["copy_quantile"]
+    tau = i.memo(("copy-threshold", pixels, q), lambda: M.copy_threshold(train, i.heldout.features, q))
+    return M.copy_rate(train, i.heldout.features, i.fake.features, q, threshold=tau)
 
 
 def _authenticity(i: Inputs, s: dict[str, Any]) -> float:
@@ -184,7 +187,7 @@ TABLE: tuple[Metric, ...] = (
         ("copy_rate",),
         _copy_rate,
         needs=("heldout", "images"),
-        settings={"copy_quantile": 0.02, "copy_shift": 1},  # pixels of translation searched; 0: none
+        settings={"copy_quantile": 0.02, "copy_shift": 1},  # training images translated by up to 1 pixel; 0: none
         digits=3,
     ),
     Metric(

@@ -23,7 +23,14 @@ from genlab.metrics.frechet import FeatureStats, fid, fid_from_stats
 from genlab.metrics.inception import inception_score
 from genlab.metrics.kernel_distance import kid
 from genlab.metrics.knn import density_coverage, knn_radii, nearest, precision_recall
-from genlab.metrics.novelty import authenticity, copy_rate, data_copying, kmeans, nearest_other_distance
+from genlab.metrics.novelty import (
+    authenticity,
+    copy_rate,
+    copy_threshold,
+    data_copying,
+    kmeans,
+    nearest_other_distance,
+)
 
 __all__ = [
     "FeatureStats",
@@ -33,6 +40,7 @@ __all__ = [
     "classification_accuracy_score",
     "classifier_accuracy",
     "copy_rate",
+    "copy_threshold",
     "data_copying",
     "density_coverage",
     "fid",

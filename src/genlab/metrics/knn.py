@@ -49,33 +49,40 @@ def feature_mean(features: Tensor) -> Tensor:
 
 
 def distance_blocks(
-    rows: Tensor, cols: Tensor, chunk_size: int, centre: Tensor | None = None
+    rows: Tensor, cols: Tensor, chunk_size: int, centre: Tensor | None = None, dtype: torch.dtype = torch.float64
 ) -> Iterator[tuple[slice, slice, Tensor]]:
-    """Yield (row slice, col slice, float64 Euclidean distances of shape (len rows, len cols)) block by block.
+    """Yield (row slice, col slice, Euclidean distances of shape (len rows, len cols)) block by block.
 
-    Both sides are centred on `centre` (D,) (default: the mean of `rows`) before the |a|^2 + |b|^2 - 2 a.b expansion.
+    Both sides are centred on `centre` (D,) (default: the mean of `rows`) before the |a|^2 + |b|^2 - 2 a.b expansion,
+    which runs in `dtype`: float64 (exact decisions, as the metrics matched to a reference need) or float32.
     """
     centre = feature_mean(rows) if centre is None else centre.to(device=rows.device, dtype=torch.float64)
     for r0 in range(0, rows.shape[0], chunk_size):
-        a = rows[r0 : r0 + chunk_size].double() - centre
+        a = (rows[r0 : r0 + chunk_size].double() - centre).to(dtype)
         a_sq = a.square().sum(dim=1, keepdim=True)
         for c0 in range(0, cols.shape[0], chunk_size):
-            b = cols[c0 : c0 + chunk_size].double() - centre
+            b = (cols[c0 : c0 + chunk_size].double() - centre).to(dtype)
             squared = torch.addmm(a_sq + b.square().sum(dim=1), a, b.T, alpha=-2)
             yield slice(r0, r0 + a.shape[0]), slice(c0, c0 + b.shape[0]), squared.clamp_(min=0).sqrt_()
 
 
 def nearest(
-    query: Tensor, reference: Tensor, k: int = 1, chunk_size: int = DEFAULT_CHUNK_SIZE, centre: Tensor | None = None
+    query: Tensor,
+    reference: Tensor,
+    k: int = 1,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    centre: Tensor | None = None,
+    dtype: torch.dtype = torch.float64,
 ) -> tuple[Tensor, Tensor]:
     """(distances (N_q, k) float64 ascending, indices (N_q, k) into `reference`) of each query row's k nearest
-    reference rows, block by block (never an N_q x N_r matrix). Centred on `centre` (default: the reference mean)."""
+    reference rows, block by block (never an N_q x N_r matrix). Centred on `centre` (default: the reference mean);
+    distances computed in `dtype` (see `distance_blocks`)."""
     centre = feature_mean(reference) if centre is None else centre
     k = min(k, reference.shape[0])
     values = torch.empty(query.shape[0], k, dtype=torch.float64, device=query.device)
     indices = torch.empty(query.shape[0], k, dtype=torch.int64, device=query.device)
     best_v, best_i = torch.empty(0), torch.empty(0)
-    for rows, cols, dist in distance_blocks(query, reference, chunk_size, centre):
+    for rows, cols, dist in distance_blocks(query, reference, chunk_size, centre, dtype):
         col_index = torch.arange(cols.start, cols.stop, device=query.device).expand_as(dist)
         cand_v = dist if cols.start == 0 else torch.cat([best_v, dist], dim=1)
         cand_i = col_index if cols.start == 0 else torch.cat([best_i, col_index], dim=1)

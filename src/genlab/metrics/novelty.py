@@ -5,8 +5,8 @@ model never saw) calibrates what "near" means.
 
 - `copy_rate`: the fraction of generated samples at least as close to a training sample as the closest few
   percent of held-out images are. Real held-out images score `quantile` by construction, a copy of the
-  training set 1. A sample may come with several views (e.g. translations of the image, shape (V, N, D)): its
-  distance is the smallest over its views, so a training image shifted by a pixel is still a copy.
+  training set 1. The training side may include translated copies of the training images, so that a training
+  image shifted by a pixel is still a copy.
 - `authenticity`: AuthPct of Alaa et al. 2022, "How Faithful is your Synthetic Data? Sample-level Metrics for
   Evaluating and Auditing Generative Models" (arXiv:2102.08921), as layer6ai-labs/dgm-eval `authpct.py` and
   marcojira/fld compute it, but as a fraction (dgm-eval returns percent, FLD percent - 50): a generated
@@ -34,25 +34,14 @@ from genlab.metrics._checks import TooFewSamplesError, check_features, check_int
 from genlab.metrics.knn import DEFAULT_CHUNK_SIZE, feature_mean, nearest
 
 
-def _views(name: str, features: Tensor) -> Tensor:
-    """(V, N, D) views of (N, D) or (V, N, D) features, checked."""
-    views = features if features.ndim == 3 else features[None]
-    check_features(name, views.flatten(0, 1))
-    return views
-
-
 def nearest_training_distance(train_features: Tensor, features: Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Tensor:
-    """(N,) float64 distance of every sample to its nearest training sample, the smallest over its views.
-
-    Args:
-        train_features: (N_t, D) training features.
-        features: (N, D), or (V, N, D) for V views of each sample.
-    """
-    views = _views("features", features)
-    check_pair(train_features, views[0], "train_features", "features")
+    """(N,) distance of every (N, D) sample to its nearest (N_t, D) training sample, computed in float32 on
+    centred features: a copy's distance of ~0 stays orders of magnitude below any real image's, and this is a
+    threshold test, not a count matched to a reference, so float64's cost would buy nothing."""
+    check_features("features", features)
+    check_pair(train_features, features, "train_features", "features")
     centre = feature_mean(train_features)
-    per_view = [nearest(v, train_features, 1, chunk_size, centre)[0][:, 0] for v in views]
-    return torch.stack(per_view).amin(dim=0)
+    return nearest(features, train_features, 1, chunk_size, centre, torch.float32)[0][:, 0]
 
 
 def copy_rate(
@@ -61,23 +50,34 @@ def copy_rate(
     fake_features: Tensor,
     quantile: float = 0.02,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    threshold: float | None = None,
 ) -> float:
     """Fraction in [0, 1] of generated samples that are near-copies of a training sample.
 
-    A generated sample is a copy when its distance to the nearest training sample (the smallest over its views)
-    is at most tau, the `quantile` of the same distance over the held-out samples (with the same views). So:
-    real held-out images score `quantile` (by construction), a lookup table of the training set scores 1.
+    A generated sample is a copy when its distance to the nearest training sample is at most tau, the `quantile`
+    of the same distance over the held-out samples. So: real held-out images score `quantile` (by
+    construction), a lookup table of the training set scores 1. `train_features` may hold the features of
+    translated copies of every training image too (genlab's evaluator adds those within `copy_shift` pixels),
+    so that a training image shifted by a pixel is still a copy.
 
     Args:
-        train_features: (N_t, D); heldout_features: (N_h, D) or (V, N_h, D); fake_features: (N_f, D) or (V, N_f, D).
+        train_features: (N_t, D); heldout_features: (N_h, D); fake_features: (N_f, D), on one device.
         quantile: in (0, 1), the share of held-out images that count as copies (their closest few percent).
+        threshold: `copy_threshold(train_features, heldout_features, quantile)`, when the caller keeps it.
     """
+    tau = copy_threshold(train_features, heldout_features, quantile, chunk_size) if threshold is None else threshold
+    fake = nearest_training_distance(train_features, fake_features, chunk_size)
+    return float((fake <= tau).double().mean())
+
+
+def copy_threshold(
+    train_features: Tensor, heldout_features: Tensor, quantile: float = 0.02, chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> float:
+    """tau of `copy_rate`: the `quantile` of the held-out samples' distances to their nearest training sample."""
     if not 0.0 < quantile < 1.0:
         raise ValueError(f"quantile must be in (0, 1), got {quantile!r}")
     check_features("train_features", train_features)
-    tau = nearest_training_distance(train_features, heldout_features, chunk_size).quantile(quantile)
-    fake = nearest_training_distance(train_features, fake_features, chunk_size)
-    return float((fake <= tau).double().mean())
+    return float(nearest_training_distance(train_features, heldout_features, chunk_size).quantile(quantile))
 
 
 def nearest_other_distance(features: Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Tensor:
