@@ -269,4 +269,19 @@ def test_reference_subset_is_not_the_first_classes_of_a_sorted_dataset(tmp_path:
     real = evaluator.reference
     counts = torch.bincount(real.labels, minlength=10)
     assert len(real) == 1000 and counts.min() >= 60, counts  # every class, roughly 100 each
-    assert len(evaluator._train) == len(dm.train_set) and len(evaluator._heldout) == len(dm.val_set)
+    assert len(evaluator.train) == len(dm.train_set) and len(evaluator.heldout) == len(dm.val_set)
+
+
+def test_evaluate_py_defaults_are_torch_fidelitys_calculate_metrics_defaults(tmp_path: Path) -> None:
+    """IS shuffled with seed 2020 before its 10 splits, KID 100 subsets of 1000 drawn with seed 2020, P&R k=3."""
+    from torch_fidelity.defaults import DEFAULTS
+
+    cfg = compose_train(tmp_path, "data=synthetic", "eval.fake_dir=x", config_name="evaluate")
+    e = cfg.eval
+    assert DEFAULTS["samples_shuffle"] and e.is_shuffle_seed == e.kid_seed == DEFAULTS["rng_seed"] == 2020
+    assert (e.is_splits, e.kid_subsets, e.kid_subset_size) == (
+        DEFAULTS["isc_splits"],
+        DEFAULTS["kid_subsets"],
+        DEFAULTS["kid_subset_size"],
+    )
+    assert e.pr_k == DEFAULTS["prc_neighborhood"] and e.precision == "fp32" and e.metrics == "all"

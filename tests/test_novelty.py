@@ -227,7 +227,7 @@ def test_scores_do_not_depend_on_the_batch_size(digits: MNISTDataModule) -> None
         # distances, so two near-equal ones may swap: it gets a tolerance of a hundredth of a z-unit
         assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-2 if key == "ct" else 1e-9), key
     features = big.evaluate(digits, "cpu", images=images).fake.features
-    train, held = big._train.features, big._heldout.features
+    train, held = big.train.features, big.heldout.features
     order = torch.randperm(len(features), generator=torch.Generator().manual_seed(0))
     assert M.data_copying(train, held, features[order]) == pytest.approx(M.data_copying(train, held, features))
 
@@ -239,7 +239,7 @@ def test_real_feature_cache_is_keyed_on_the_images(tmp_path: Path) -> None:
         dm = SyntheticDataModule(num_samples=200, image_size=16, seed=seed)
         evaluator = Evaluator(random_extractor, ["fid"], num_samples=100, progress=False, cache_dir=str(tmp_path))
         evaluator.setup(dm, "cpu")
-        results.append(evaluator._train.features)
+        results.append(evaluator.train.features)
     assert not torch.equal(results[0], results[1])
     assert len(list((tmp_path / "features").glob("real-synthetic-train-*.pt"))) == 2
 

@@ -80,10 +80,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             dm, device, images=load_image_folder(fake_dir, dm.image_shape, evaluator.num_samples)
         )
     results, e = scores.metrics, evaluator.extractor
+    held = len(evaluator.heldout) if evaluator.heldout is not None else 0
     header = (
-        f"{ckpt_path or fake_dir} vs {dm.name} ({len(evaluator.reference)} train, "
-        f"{len(evaluator._heldout) if evaluator._heldout is not None else 0} held-out, {len(scores.fake)} generated), "
-        f"{e.name} {e.weights_hash()} {e.precision}"
+        f"{ckpt_path or fake_dir} vs {dm.name}: {len(scores.fake)} generated against {len(evaluator.reference)} of "
+        f"{len(evaluator.train)} training and {held} held-out images, {e.name} {e.weights_hash()} {e.precision}"
     )
     print(format_table(results, header))
     out_dir = Path(cfg.paths.output_dir)
@@ -95,6 +95,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         "extractor_hash": e.weights_hash(),
         "precision": e.precision,
         "num_real": len(evaluator.reference),
+        "num_train": len(evaluator.train),
+        "num_heldout": held,
         "num_fake": len(scores.fake),
         "data": dm.name,
         "ckpt_path": ckpt_path,

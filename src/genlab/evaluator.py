@@ -315,6 +315,16 @@ class Evaluator:
         return FeatureSet(**saved, images=split.images).to(device)
 
     @property
+    def train(self) -> FeatureSet | None:
+        """The whole training split's features, logits, labels and images (after `setup`)."""
+        return self._train
+
+    @property
+    def heldout(self) -> FeatureSet | None:
+        """The held-out split's (the test split where the dataset has one, else validation), after `setup`."""
+        return self._heldout
+
+    @property
     def reference(self) -> FeatureSet:
         """The FID reference: a fixed random subset of the training split, as large as the generated set."""
         return self._train[reference_index(len(self._train), self.num_samples).to(self._train.features.device)]

@@ -3,7 +3,8 @@
 Per metric: the name used in `eval.metrics`, the keys it writes (logged as `eval/<key>`, in metrics.json, the
 report and the benchmark table), what it needs, its settings with their defaults, whether the per-epoch
 callback computes it by default, and the digits tables show. The callback, `evaluate.py` (both through
-`genlab.evaluator.Evaluator`), the config (`${metric_default:<setting>}`), the report and the benchmark read it.
+`genlab.evaluator.Evaluator`), the config (`eval/metric_settings`, stored by `genlab.train`), the report and the
+benchmark read it.
 
 Adding a metric: its function in `genlab/metrics/`, its row here, its test.
 
@@ -76,7 +77,11 @@ class Metric:
     settings: dict[str, Any] = field(default_factory=dict)
     per_epoch: bool = True
     digits: int = 2
-    doc: str = ""
+
+    def __post_init__(self) -> None:
+        unknown = set(self.needs) - set(NEEDS)
+        if unknown:
+            raise ValueError(f"metric {self.name!r} needs {sorted(unknown)}; known needs: {list(NEEDS)}")
 
 
 def _kid(i: Inputs, s: dict[str, Any]) -> tuple[float, float]:
@@ -122,13 +127,12 @@ def _cas(i: Inputs, s: dict[str, Any]) -> tuple[float, float]:
 
 
 TABLE: tuple[Metric, ...] = (
-    Metric("fid", ("fid",), lambda i, s: M.fid(i.real.features, i.fake.features), doc="FID against the training split"),
+    Metric("fid", ("fid",), lambda i, s: M.fid(i.real.features, i.fake.features)),
     Metric(
         "fid_heldout",
         ("fid_heldout",),
         lambda i, s: M.fid(i.heldout.features, i.fake.features),
-        needs=("heldout",),
-        doc="FID against the held-out split; far above `fid` = closer to the training images than to new ones",
+        needs=("heldout",),  # far above `fid`: the samples are closer to the training images than to new ones
     ),
     Metric(
         "is",
