@@ -111,12 +111,16 @@ def test_bad_samples_give_clear_errors(mode: str, message: str) -> None:
 
 
 def test_too_few_samples_for_kid_or_k_is_an_error() -> None:
+    with pytest.raises(ValueError, match="eval.kid_subset_size=50 is more than eval.num_samples=40"):
+        Evaluator(random_extractor, ["kid"], num_samples=40, kid_subset_size=50)  # before any data or model
+    small = SyntheticDataModule(num_samples=40, image_size=16)  # 36 training images: fewer than a KID subset
+    small.setup()
+    kid = Evaluator(random_extractor, ["kid"], num_samples=40, kid_subset_size=38, progress=False)
+    with pytest.raises(ValueError, match="got 36 real and 40 fake: lower eval.kid_subset_size or raise"):
+        kid.evaluate(small, "cpu", images=torch.cat([small.train_set.images, small.val_set.images]))
     dm = SyntheticDataModule(num_samples=200, image_size=16)
     dm.setup()
     images = dm.train_set.images[:40]
-    kid = Evaluator(random_extractor, ["kid"], num_samples=40, kid_subset_size=50, progress=False)
-    with pytest.raises(ValueError, match="lower eval.kid_subset_size or raise eval.num_samples"):
-        kid.evaluate(dm, "cpu", images=images)
     pr = Evaluator(random_extractor, ["pr"], num_samples=3, progress=False)
     with pytest.raises(ValueError, match="k"):
         pr.evaluate(dm, "cpu", images=images[:3])
@@ -251,6 +255,10 @@ def test_domain_extractor_is_trained_inside_validation(train_cfg, tmp_path: Path
         ({"num_samples": 0}, "num_samples must be a positive integer, got 0"),
         ({"every_n_epochs": -1}, "every_n_epochs must be a positive integer, got -1"),
         ({"metrics": ["fid", "mmd"]}, r"unknown metric\(s\) \['mmd'\]"),
+        ({"copy_quantile": 1.5}, r"eval.copy_quantile must be a share in \(0, 1\), got 1.5"),
+        ({"pr_k": 0}, "eval.pr_k must be a positive integer, got 0"),
+        ({"is_shuffle_seed": "x"}, "eval.is_shuffle_seed must be an integer seed, or null, got 'x'"),
+        ({"num_samples": 20}, "eval.kid_subset_size=24 is more than eval.num_samples=20"),
     ],
 )
 def test_bad_callback_arguments_name_the_value(kwargs: dict, message: str) -> None:

@@ -252,6 +252,12 @@ class Evaluator:
         chosen = metric_table.select(list(metrics) if not isinstance(metrics, str) else metrics)
         self.factory, self.metric_names = extractor, [m.name for m in chosen]  # names: the table's rows don't pickle
         self.settings = metric_table.check_settings(settings)
+        size = self.settings["kid_subset_size"]
+        if "kid" in self.metric_names and size > num_samples:  # found now, not after the first training epoch
+            raise ValueError(
+                f"eval.kid_subset_size={size} is more than eval.num_samples={num_samples}: KID draws subsets of "
+                "that many generated samples. Lower eval.kid_subset_size or raise eval.num_samples"
+            )
         self.num_samples, self.batch_size, self.precision = num_samples, batch_size, precision
         self.cache_dir, self.seed, self.progress = cache_dir, seed, progress
         self.extractor: FeatureExtractor | None = None

@@ -66,6 +66,30 @@ class Inputs:
 Compute = Callable[[Inputs, dict[str, Any]], "float | tuple[float, ...]"]
 
 
+Rule = tuple[Callable[[Any], bool], str]  # (is the value allowed?, what is allowed, for the error)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+COUNT: Rule = (lambda v: _is_int(v) and v >= 1, "a positive integer")
+PIXELS: Rule = (lambda v: _is_int(v) and v >= 0, "a non-negative integer")
+SEED: Rule = (lambda v: v is None or _is_int(v), "an integer seed, or null")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A metric setting: its default and the rule its values must follow."""
+
+    default: Any
+    rule: Rule
+
+
 @dataclass(frozen=True)
 class Metric:
     """One row of the table: see the module docstring."""
@@ -74,7 +98,7 @@ class Metric:
     keys: tuple[str, ...]
     compute: Compute
     needs: tuple[str, ...] = ()
-    settings: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Setting] = field(default_factory=dict)
     per_epoch: bool = True
     digits: int = 2
 
@@ -139,27 +163,31 @@ TABLE: tuple[Metric, ...] = (
         ("is", "is_std"),
         lambda i, s: M.inception_score(i.fake.logits, s["is_splits"], s["is_shuffle_seed"]),
         needs=("logits",),
-        settings={"is_splits": 10, "is_shuffle_seed": 2020},  # torch-fidelity's defaults; seed null: no shuffle
+        settings={"is_splits": Setting(10, COUNT), "is_shuffle_seed": Setting(2020, SEED)},  # torch-fidelity's
     ),
     Metric(
         "kid",
         ("kid", "kid_std"),
         _kid,
-        settings={"kid_subsets": 100, "kid_subset_size": 1000, "kid_seed": 2020},  # torch-fidelity's defaults
+        settings={  # torch-fidelity's defaults
+            "kid_subsets": Setting(100, COUNT),
+            "kid_subset_size": Setting(1000, (lambda v: _is_int(v) and v >= 2, "an integer >= 2")),
+            "kid_seed": Setting(2020, SEED),
+        },
         digits=3,
     ),
     Metric(
         "pr",
         ("precision", "recall"),
         lambda i, s: M.precision_recall(i.real.features, i.fake.features, k=s["pr_k"]),
-        settings={"pr_k": 3},
+        settings={"pr_k": Setting(3, COUNT)},
         digits=3,
     ),
     Metric(
         "dc",
         ("density", "coverage"),
         lambda i, s: M.density_coverage(i.real.features, i.fake.features, k=s["dc_k"]),
-        settings={"dc_k": 5},
+        settings={"dc_k": Setting(5, COUNT)},
         digits=3,
     ),
     Metric(
@@ -183,7 +211,7 @@ TABLE: tuple[Metric, ...] = (
             M.classes_covered(i.train.logits, i.fake.logits, s["classes_min_share"]),
         ),
         needs=("class_logits",),
-        settings={"classes_min_share": 0.1},
+        settings={"classes_min_share": Setting(0.1, (lambda v: _is_number(v) and 0 < v <= 1, "a share in (0, 1]"))},
         digits=3,
     ),
     Metric(
@@ -191,7 +219,10 @@ TABLE: tuple[Metric, ...] = (
         ("copy_rate",),
         _copy_rate,
         needs=("heldout", "images"),
-        settings={"copy_quantile": 0.02, "copy_shift": 1},  # training images translated by up to 1 pixel; 0: none
+        settings={
+            "copy_quantile": Setting(0.02, (lambda v: _is_number(v) and 0 < v < 1, "a share in (0, 1)")),
+            "copy_shift": Setting(1, PIXELS),  # training images translated by up to 1 pixel; 0: none
+        },
         digits=3,
     ),
     Metric(
@@ -205,14 +236,14 @@ TABLE: tuple[Metric, ...] = (
         ("ct",),
         _ct,
         needs=("heldout",),
-        settings={"ct_cells": 10, "ct_min_per_cell": 20},
+        settings={"ct_cells": Setting(10, COUNT), "ct_min_per_cell": Setting(20, PIXELS)},
     ),
     Metric(
         "cas",
         ("cas", "cas_real"),
         _cas,
         needs=("conditional", "heldout", "images"),
-        settings={"cas_epochs": 8},
+        settings={"cas_epochs": Setting(8, COUNT)},
         per_epoch=False,
         digits=3,
     ),
@@ -221,7 +252,8 @@ TABLE: tuple[Metric, ...] = (
 BY_NAME: dict[str, Metric] = {m.name: m for m in TABLE}
 KEYS: tuple[str, ...] = tuple(key for m in TABLE for key in m.keys)  # every output key, in table order
 DIGITS: dict[str, int] = {key: m.digits for m in TABLE for key in m.keys}
-SETTINGS: dict[str, Any] = {name: value for m in TABLE for name, value in m.settings.items()}
+SETTINGS: dict[str, Any] = {name: setting.default for m in TABLE for name, setting in m.settings.items()}
+RULES: dict[str, Rule] = {name: setting.rule for m in TABLE for name, setting in m.settings.items()}
 
 
 NOVELTY_KEYS = ("fid_heldout", "copy_rate", "authenticity", "ct")
@@ -253,7 +285,8 @@ def select(metrics: str | list[str] | tuple[str, ...]) -> list[Metric]:
 
 
 def check_settings(settings: dict[str, Any]) -> dict[str, Any]:
-    """The table's defaults updated with `settings`; an unknown name raises, listing the valid ones."""
+    """The table's defaults updated with `settings`; an unknown name or a value its rule forbids raises, naming
+    the valid names or values."""
     import difflib
 
     unknown = [name for name in settings if name not in SETTINGS]
@@ -261,6 +294,10 @@ def check_settings(settings: dict[str, Any]) -> dict[str, Any]:
         hints = [difflib.get_close_matches(name, SETTINGS, n=1) for name in unknown]
         hint = "".join(f" (did you mean {h[0]!r}?)" for h in hints if h)
         raise ValueError(f"unknown metric setting(s) {unknown}{hint}; valid: {sorted(SETTINGS)}")
+    for name, value in settings.items():
+        allowed, what = RULES[name]
+        if not allowed(value):
+            raise ValueError(f"eval.{name} must be {what}, got {value!r}")
     return {**SETTINGS, **settings}
 
 
