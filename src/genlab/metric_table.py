@@ -100,7 +100,7 @@ class Metric:
     needs: tuple[str, ...] = ()
     settings: dict[str, Setting] = field(default_factory=dict)
     per_epoch: bool = True
-    digits: int = 2
+    digits: int | tuple[int, ...] = 2  # decimals in tables: one for all keys, or one per key
 
     def __post_init__(self) -> None:
         unknown = set(self.needs) - set(NEEDS)
@@ -212,7 +212,7 @@ TABLE: tuple[Metric, ...] = (
         ),
         needs=("class_logits",),
         settings={"classes_min_share": Setting(0.1, (lambda v: _is_number(v) and 0 < v <= 1, "a share in (0, 1]"))},
-        digits=3,
+        digits=(3, 0),
     ),
     Metric(
         "copy_rate",
@@ -251,7 +251,9 @@ TABLE: tuple[Metric, ...] = (
 
 BY_NAME: dict[str, Metric] = {m.name: m for m in TABLE}
 KEYS: tuple[str, ...] = tuple(key for m in TABLE for key in m.keys)  # every output key, in table order
-DIGITS: dict[str, int] = {key: m.digits for m in TABLE for key in m.keys}
+DIGITS: dict[str, int] = {
+    key: m.digits[j] if isinstance(m.digits, tuple) else m.digits for m in TABLE for j, key in enumerate(m.keys)
+}
 SETTINGS: dict[str, Any] = {name: setting.default for m in TABLE for name, setting in m.settings.items()}
 RULES: dict[str, Rule] = {name: setting.rule for m in TABLE for name, setting in m.settings.items()}
 
