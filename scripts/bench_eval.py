@@ -79,7 +79,8 @@ def bench_end_to_end(
     """torch-fidelity's calculate_metrics vs genlab's extract-once pipeline on the same uint8 images."""
     import torch_fidelity
 
-    from genlab.evaluator import FeatureSet, compute_metrics, extract
+    from genlab.evaluator import compute_metrics
+    from genlab.feature_sets import FeatureSet, extract
     from genlab.features.inception import InceptionExtractor
 
     g = torch.Generator().manual_seed(0)
@@ -132,7 +133,8 @@ def bench_end_to_end(
 def bench_targets(n_math: int, n_images: int, device: torch.device, weights: str, precisions: list[str]) -> None:
     """genlab alone against the targets: all metric math on n_math vs n_math 2048-d features (time and extra
     device memory), and n_images generated images scored against cached real features at each precision."""
-    from genlab.evaluator import FeatureSet, compute_metrics, extract
+    from genlab.evaluator import compute_metrics
+    from genlab.feature_sets import FeatureSet, extract
     from genlab.features.inception import InceptionExtractor
 
     groups = ["fid", "is", "kid", "pr", "dc"]

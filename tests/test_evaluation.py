@@ -15,7 +15,8 @@ from torchvision.utils import save_image
 from genlab.callbacks import GenerativeEval
 from genlab.data import SyntheticDataModule
 from genlab.evaluate import evaluate
-from genlab.evaluator import Evaluator, FeatureSet, sample_features
+from genlab.evaluator import Evaluator
+from genlab.feature_sets import FeatureSet, sample_features
 from genlab.features import RandomProjectionExtractor, random_extractor
 from genlab.metric_table import check_settings, select
 from genlab.models import VAEModule

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from genlab.evaluator import FeatureSet
+    from genlab.feature_sets import FeatureSet
     from genlab.metrics.cas import Fit
 
 
