@@ -250,5 +250,6 @@ def test_nearest_neighbour_grid_puts_each_sample_beside_its_training_neighbours(
     scores = evaluator.evaluate(digits, "cpu", images=copies)
     grid = evaluator.nearest_neighbour_grid(scores.fake, rows=4, k=5)
     assert grid.shape == (3, 4 * 30 + 2, 6 * 30 + 2)  # 4 rows of a sample and 5 neighbours, 28 px + 2 px padding
-    first_sample, first_neighbour = grid[0, 2:30, 2:30], grid[0, 2:30, 32:60]
+    first_sample, first_neighbour = grid[:, 3:29, 3:29], grid[:, 3:29, 33:59]  # inside the sample's red ring
     assert torch.equal(first_sample, first_neighbour)  # a copy's nearest training image is itself
+    assert grid[:, 2, 2].tolist() == [1.0, 0.0, 0.0] and grid[0, 2, 32] == grid[1, 2, 32]  # red only on samples

@@ -280,15 +280,22 @@ class Evaluator:
 
     # ------------------------------------------------------------------------------------------------ grids
     def nearest_neighbour_grid(self, fake: FeatureSet, rows: int = 16, k: int = 5) -> Tensor:
-        """A (C, H', W') float image: `rows` generated samples, each followed by its k nearest training images in
-        the extractor's feature space (nearest first), one sample per row."""
+        """A (3, H', W') RGB image in [0, 1]: `rows` generated samples, each followed by its k nearest training
+        images in the extractor's feature space (nearest first), one sample per row; each sample's outermost
+        pixel ring is drawn red, so that the sample column cannot be mistaken for a neighbour."""
         from torchvision.utils import make_grid
 
         n = min(rows, len(fake))
         _, index = nearest(fake.features[:n], self._train.features, k)
-        neighbours = self._train.images[index.flatten()].view(n, k, *fake.images.shape[1:])
-        tiles = torch.cat([fake.images[:n, None], neighbours], dim=1).flatten(0, 1)  # (n * (k + 1), C, H, W)
-        return make_grid(tiles.float().cpu() / 255, nrow=k + 1, padding=2, pad_value=0.5)
+        samples = fake.images[:n].float().cpu().expand(-1, 3, -1, -1) / 255  # grey or RGB -> (n, 3, H, W)
+        ring = torch.ones(samples.shape[2:], dtype=torch.bool)
+        ring[1:-1, 1:-1] = False
+        samples = samples.clone()
+        samples[:, :, ring] = torch.tensor([1.0, 0.0, 0.0])[:, None]  # (n, 3, ring pixels) <- red
+        neighbours = self._train.images[index.flatten().to(self._train.images.device)].float().cpu() / 255
+        neighbours = neighbours.expand(-1, 3, -1, -1).reshape(n, k, 3, *samples.shape[2:])
+        tiles = torch.cat([samples[:, None], neighbours], dim=1).flatten(0, 1)  # (n * (k + 1), 3, H, W)
+        return make_grid(tiles, nrow=k + 1, padding=2, pad_value=0.5)
 
     def describe(self) -> str:
         e = self.extractor
