@@ -87,6 +87,8 @@ def test_unknown_metric_setting_and_extractor_list_the_valid_ones(tmp_path: Path
         tiny_eval(pr_kk=3)
     from hydra.errors import ConfigCompositionException
 
+    with pytest.raises(ValueError, match=r"choose one with eval/extractor=<name>, one of \['domain', 'inception'"):
+        tiny_eval(extractor="inception")  # the old `eval.extractor=inception` spelling
     with pytest.raises(ConfigCompositionException, match=r"(?s)eval/extractor.*clip.*domain.*inception.*random"):
         compose_train(tmp_path, "eval=default", "eval/extractor=clip")
 
@@ -229,9 +231,8 @@ def test_a_misspelt_metric_setting_fails_in_training_and_in_evaluate_py(train_cf
     with pytest.raises(Exception, match="did you mean 'kid_subset_size'"):
         train(train_cfg("run", *EVAL, "+eval.kid_subset_sise=32"))
     assert not (tmp_path / "run" / "checkpoints").exists()
-    cfg = compose_train(
-        tmp_path / "ev", "data=synthetic", "eval.fake_dir=x", "+eval.kid_subset_sise=32", config_name="evaluate"
-    )
+    overrides = ["data=synthetic", f"eval.fake_dir={tmp_path}", "+eval.kid_subset_sise=32"]
+    cfg = compose_train(tmp_path / "ev", *overrides, config_name="evaluate")
     with pytest.raises(Exception, match="did you mean 'kid_subset_size'"):
         evaluate(cfg)
 
@@ -239,6 +240,27 @@ def test_a_misspelt_metric_setting_fails_in_training_and_in_evaluate_py(train_cf
 def test_evaluate_needs_exactly_one_source(tmp_path: Path) -> None:
     cfg = compose_train(tmp_path / "ev", "data=synthetic", config_name="evaluate")
     with pytest.raises(ValueError, match="exactly one of ckpt_path"):
+        evaluate(cfg)
+    cfg = compose_train(tmp_path / "ev", "data=synthetic", f"eval.fake_dir={tmp_path / 'nope'}", config_name="evaluate")
+    with pytest.raises(FileNotFoundError, match="eval.fake_dir=.*nope: no such folder"):
+        evaluate(cfg)
+
+
+def test_evaluate_says_why_when_no_metric_can_be_computed(tmp_path: Path) -> None:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(8):
+        save_image(torch.rand(1, 28, 28), folder / f"{i}.png")
+    cfg = compose_train(
+        tmp_path / "ev",
+        "data=synthetic",
+        *EVAL[1:2],
+        f"eval.fake_dir={folder}",
+        "eval.metrics=[cas]",
+        "eval.progress=false",
+        config_name="evaluate",
+    )
+    with pytest.raises(ValueError, match="none of the metrics asked for can be computed here: cas needs a conditional"):
         evaluate(cfg)
 
 

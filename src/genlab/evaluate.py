@@ -66,6 +66,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     ckpt_path, fake_dir = cfg.get("ckpt_path"), cfg.eval.get("fake_dir")
     if bool(ckpt_path) == bool(fake_dir):
         raise ValueError("give exactly one of ckpt_path=<model.ckpt> or eval.fake_dir=<folder of images>")
+    if fake_dir and not Path(fake_dir).is_dir():
+        raise FileNotFoundError(f"eval.fake_dir={fake_dir}: no such folder")
     node = OmegaConf.to_container(cfg.eval, resolve=True)
     node.pop("fake_dir", None)
     evaluator = instantiate(node).evaluator
@@ -80,6 +82,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             dm, device, images=load_image_folder(fake_dir, dm.image_shape, evaluator.num_samples)
         )
     results, e = scores.metrics, evaluator.extractor
+    if not results:
+        reasons = "; ".join(f"{name} {why}" for name, why in evaluator.skipped.items())
+        raise ValueError(f"none of the metrics asked for can be computed here: {reasons}")
     held = len(evaluator.heldout) if evaluator.heldout is not None else 0
     header = (
         f"{ckpt_path or fake_dir} vs {dm.name}: {len(scores.fake)} generated against {len(evaluator.reference)} of "

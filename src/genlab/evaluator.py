@@ -114,8 +114,12 @@ class Evaluator:
         check_positive_int("num_samples", num_samples)
         check_positive_int("batch_size", batch_size)
         if not callable(extractor):
+            from genlab.train import CONFIG_DIR
+
+            names = sorted(p.stem for p in (CONFIG_DIR / "eval" / "extractor").glob("*.yaml"))
             raise ValueError(
-                f"extractor must be an extractor factory (configs/eval/extractor/*.yaml), got {extractor!r}"
+                f"eval.extractor={extractor!r} is not an extractor config: choose one with eval/extractor=<name>, "
+                f"one of {names} (configs/eval/extractor/)"
             )
         chosen = metric_table.select(list(metrics) if not isinstance(metrics, str) else metrics)
         self.factory, self.metric_names = extractor, [m.name for m in chosen]  # names: the table's rows don't pickle
@@ -133,7 +137,7 @@ class Evaluator:
         self._train: FeatureSet | None = None
         self._heldout: FeatureSet | None = None
         self._memo: dict[Any, Any] = {}
-        self._skipped_logged: set[str] = set()
+        self.skipped: dict[str, str] = {}  # metric name -> why it could not be computed (logged once)
 
     @property
     def metrics(self) -> list[metric_table.Metric]:
@@ -254,8 +258,8 @@ class Evaluator:
         return metric_table.compute(self.metrics, inputs, self.settings, num_classes, self.log_skip)
 
     def log_skip(self, name: str, why: str) -> None:
-        if name not in self._skipped_logged:  # once per evaluator, not at every evaluation
-            self._skipped_logged.add(name)
+        if name not in self.skipped:  # once per evaluator, not at every evaluation
+            self.skipped[name] = why
             log.info(f"eval: {name} skipped: {why}")
 
     def memo(self, key: Any, compute: Callable[[], Any]) -> Any:
