@@ -58,16 +58,16 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     The evaluator is the training callback's, built from the same `eval` node (so an unknown `eval.` setting
     fails here as it does in training); `fake_dir` is this command's own key.
     """
+    ckpt_path, fake_dir = cfg.get("ckpt_path"), cfg.eval.get("fake_dir")
+    if bool(ckpt_path) == bool(fake_dir):
+        raise ValueError("give exactly one of ckpt_path=<model.ckpt> or eval.fake_dir=<folder of images>")
+    if fake_dir and not Path(fake_dir).is_dir():  # checked before the framework's import time
+        raise FileNotFoundError(f"eval.fake_dir={fake_dir}: no such folder")
     import torch
     from torchvision.utils import save_image
 
     from genlab.models import load_model
 
-    ckpt_path, fake_dir = cfg.get("ckpt_path"), cfg.eval.get("fake_dir")
-    if bool(ckpt_path) == bool(fake_dir):
-        raise ValueError("give exactly one of ckpt_path=<model.ckpt> or eval.fake_dir=<folder of images>")
-    if fake_dir and not Path(fake_dir).is_dir():
-        raise FileNotFoundError(f"eval.fake_dir={fake_dir}: no such folder")
     node = OmegaConf.to_container(cfg.eval, resolve=True)
     node.pop("fake_dir", None)
     evaluator = instantiate(node).evaluator
