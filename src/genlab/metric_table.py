@@ -78,7 +78,7 @@ def _is_number(v: Any) -> bool:
 
 
 COUNT: Rule = (lambda v: _is_int(v) and v >= 1, "a positive integer")
-PIXELS: Rule = (lambda v: _is_int(v) and v >= 0, "a non-negative integer")
+NON_NEGATIVE: Rule = (lambda v: _is_int(v) and v >= 0, "a non-negative integer")
 SEED: Rule = (lambda v: v is None or _is_int(v), "an integer seed, or null")
 
 
@@ -221,7 +221,7 @@ TABLE: tuple[Metric, ...] = (
         needs=("heldout", "images"),
         settings={
             "copy_quantile": Setting(0.02, (lambda v: _is_number(v) and 0 < v < 1, "a share in (0, 1)")),
-            "copy_shift": Setting(1, PIXELS),  # training images translated by up to 1 pixel; 0: none
+            "copy_shift": Setting(1, NON_NEGATIVE),  # training images translated by up to 1 pixel; 0: none
         },
         digits=3,
     ),
@@ -236,7 +236,7 @@ TABLE: tuple[Metric, ...] = (
         ("ct",),
         _ct,
         needs=("heldout",),
-        settings={"ct_cells": Setting(10, COUNT), "ct_min_per_cell": Setting(20, PIXELS)},
+        settings={"ct_cells": Setting(10, COUNT), "ct_min_per_cell": Setting(20, NON_NEGATIVE)},
     ),
     Metric(
         "cas",
@@ -301,13 +301,6 @@ def check_settings(settings: dict[str, Any]) -> dict[str, Any]:
         if not allowed(value):
             raise ValueError(f"eval.{name} must be {what}, got {value!r}")
     return {**SETTINGS, **settings}
-
-
-def default_setting(name: str) -> Any:
-    """The table's default of one setting (the `${metric_default:<name>}` resolver of the eval config)."""
-    if name not in SETTINGS:
-        raise KeyError(f"no metric setting {name!r}; valid: {sorted(SETTINGS)}")
-    return SETTINGS[name]
 
 
 def unmet_needs(metric: Metric, i: Inputs, num_classes: int) -> str | None:
