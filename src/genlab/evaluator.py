@@ -13,7 +13,6 @@ features -> statistics -> metric):
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -28,18 +27,10 @@ from torch import Tensor
 from genlab import metric_table
 from genlab.feature_sets import FeatureSet, batch_plan, extract_images, gather_batches, sample_features
 from genlab.features.base import ExtractorFactory, FeatureExtractor
-from genlab.features.cache import load_or_compute
+from genlab.features.cache import load_or_compute, tensors_hash
 from genlab.metrics.knn import nearest
 
 log = logging.getLogger(__name__)
-
-
-def images_hash(images: Tensor, labels: Tensor | None) -> str:
-    """16 hex digits of the sha256 of uint8 images (and labels): another subset, seed or source, another key."""
-    digest = hashlib.sha256(images.contiguous().cpu().numpy().tobytes())
-    if labels is not None:
-        digest.update(labels.contiguous().cpu().numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 def reference_index(n_total: int, n: int) -> Tensor:
@@ -169,7 +160,7 @@ class Evaluator:
         key = {
             "data": datamodule.name,
             "split": name,
-            "images": images_hash(split.images, split.labels),
+            "images": tensors_hash(split.images, split.labels),
             "n": len(split.images),
             "extractor": e.name,
             "hash": e.weights_hash(),

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,15 @@ def file_lock(path: str | os.PathLike) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def tensors_hash(*tensors: Tensor) -> str:
+    """16 hex digits of the sha256 of the tensors' bytes, in order: a cache key for data (images and labels), so
+    that another subset, seed or source is another key."""
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def load_or_compute(path: str | os.PathLike | None, key: dict, compute: Callable[[], Any]) -> tuple[Any, bool]:

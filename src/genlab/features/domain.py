@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from genlab.features.base import FeatureExtractor, to_uint8
-from genlab.features.cache import load_or_compute
+from genlab.features.cache import load_or_compute, tensors_hash
 from genlab.features.precision import check_precision, precision_context
 
 log = logging.getLogger(__name__)
@@ -170,13 +170,6 @@ def train_classifier(
     return classifier.eval()
 
 
-def data_hash(images: Tensor, labels: Tensor) -> str:
-    """16 hex digits of the sha256 of the training images and labels (another subset, another classifier)."""
-    digest = hashlib.sha256(images.contiguous().numpy().tobytes())
-    digest.update(labels.contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
 def load_or_train_domain_extractor(
     datamodule,
     cache_dir: str | os.PathLike | None,
@@ -205,7 +198,7 @@ def load_or_train_domain_extractor(
         "data": datamodule.name,
         "shape": list(shape),
         "classes": datamodule.num_classes,
-        "data_hash": data_hash(train.images, train.labels),
+        "data_hash": tensors_hash(train.images, train.labels),
         **recipe,
     }
     path = None
