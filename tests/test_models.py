@@ -131,11 +131,13 @@ def test_checkpoint_reloads_without_hydra_and_samples_the_same(trained: dict) ->
 def test_train_scores_the_family_with_the_shared_callback(name: str, tmp_path: Path) -> None:
     evaluation = ["eval=default", "eval/extractor=random", "eval.num_samples=32", "eval.batch_size=16"]
     evaluation += ["eval.kid_subsets=5", "eval.kid_subset_size=16", "eval.every_n_epochs=1", "eval.progress=false"]
+    if name == "cgan":  # CAS too: it trains a classifier inside Lightning's validation (inference mode)
+        evaluation += ["eval.metrics=all", "eval.cas_epochs=1"]
     cfg = compose(tmp_path / "run", name, *evaluation, f"eval.cache_dir={tmp_path / 'cache'}")
     metrics = train(cfg)
     expected = {"eval/fid", "eval/is", "eval/kid", "eval/precision", "eval/recall", "eval/density", "eval/coverage"}
     if name == "cgan":
-        expected |= {"eval/intra_fid", "eval/accuracy"}
+        expected |= {"eval/intra_fid", "eval/accuracy", "eval/cas", "eval/cas_real"}
     assert expected <= metrics.keys()
     assert all(math.isfinite(metrics[k]) for k in expected)
     assert (tmp_path / "run" / "samples" / "epoch_000.png").is_file()

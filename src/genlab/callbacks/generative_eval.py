@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.seed import isolate_rng
@@ -80,16 +79,15 @@ class GenerativeEval(L.Callback):
         )
 
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Scores:
-        with torch.no_grad():
-            scores = self.evaluator.evaluate(
-                trainer.datamodule,
-                pl_module.device,
-                model=pl_module,
-                rank=trainer.global_rank,
-                world=trainer.world_size,
-                all_gather=trainer.strategy.all_gather,
-                progress=self.evaluator.progress and trainer.is_global_zero,
-            )
+        scores = self.evaluator.evaluate(
+            trainer.datamodule,
+            pl_module.device,
+            model=pl_module,
+            rank=trainer.global_rank,
+            world=trainer.world_size,
+            all_gather=trainer.strategy.all_gather,
+            progress=self.evaluator.progress and trainer.is_global_zero,
+        )
         if not self._logged_info:
             self._logged_info = True
             e = self.evaluator.extractor
