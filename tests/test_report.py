@@ -237,6 +237,7 @@ def test_the_sweep_page_renders_in_chromium_with_no_errors(sweep_report: Path, b
     assert page["tables"]["runs"] == {"rows": 1 + 6, "shown": True}
     for flag in ("RuntimeError: planned crash at epoch 1, batch 1", "is gone", "csv/metrics.csv is truncated"):
         assert flag in page["text"]  # the errors are on the page itself, not folded away
+    assert "Reading the novelty axis." in page["text"] and "copy_rate" in page["text"]  # the guide, beside its columns
 
 
 @pytest.mark.slow
