@@ -32,6 +32,9 @@ def test_train_py_writes_a_run_folder(tmp_path: Path) -> None:
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert (run / "samples" / "epoch_000.png").is_file()
     assert (run / ".hydra" / "config.yaml").is_file() and (run / "train.log").is_file()
+    printed = result.stdout + result.stderr
+    assert printed.count("Seed set to 42") == 1, printed[:2000]  # each log line once (Lightning's were twice)
+    assert "Seed set to 42" in (run / "train.log").read_text()
 
 
 @pytest.mark.parametrize(

@@ -66,7 +66,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     import torch
     from torchvision.utils import save_image
 
+    from genlab.loggers import print_each_line_once
     from genlab.models import load_model
+
+    print_each_line_once()
 
     node = OmegaConf.to_container(cfg.eval, resolve=True)
     node.pop("fake_dir", None)

@@ -1,5 +1,6 @@
 """Loggers that Hydra configs point at. wandb runs online when an API key is set up, else offline; the CSV
-logger appends to a resumed run's metrics.csv instead of deleting it.
+logger appends to a resumed run's metrics.csv instead of deleting it. And `print_each_line_once`, for the
+console.
 
 An offline run writes `<save_dir>/wandb/offline-run-*` that `wandb sync <that folder>` uploads later; it
 never prompts for a login and never waits on the network.
@@ -8,6 +9,7 @@ never prompts for a login and never waits on the network.
 from __future__ import annotations
 
 import csv
+import logging
 import netrc
 import os
 from urllib.parse import urlparse
@@ -17,6 +19,19 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")
+
+
+def print_each_line_once() -> None:
+    """Lightning gives the `lightning` logger a console handler of its own and lets it propagate to the root
+    logger, which Hydra has configured (the console and the run's train.log): every Lightning line printed
+    twice. Where the root logger has handlers, Lightning's own console handler is removed; its lines still
+    reach the console and train.log once, through Hydra's."""
+    if not logging.getLogger().handlers:
+        return
+    lightning_logger = logging.getLogger("lightning")
+    for handler in list(lightning_logger.handlers):
+        if type(handler) is logging.StreamHandler:
+            lightning_logger.removeHandler(handler)
 
 
 def wandb_api_key_available() -> bool:

@@ -136,7 +136,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     import lightning as L
 
     from genlab.callbacks import RNGState
-    from genlab.loggers import finish_loggers, summarize_run
+    from genlab.loggers import finish_loggers, print_each_line_once, summarize_run
+
+    print_each_line_once()
 
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path:
