@@ -34,6 +34,7 @@ def test_train_py_writes_a_run_folder(tmp_path: Path) -> None:
     assert (run / ".hydra" / "config.yaml").is_file() and (run / "train.log").is_file()
     printed = result.stdout + result.stderr
     assert printed.count("Seed set to 42") == 1, printed[:2000]  # each log line once (Lightning's were twice)
+    assert printed.index(f"run folder: {run}") < printed.index("Seed set to 42")  # named first
     assert "Seed set to 42" in (run / "train.log").read_text()
 
 

@@ -139,6 +139,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from genlab.loggers import finish_loggers, print_each_line_once, summarize_run
 
     print_each_line_once()
+    log.info(f"run folder: {cfg.paths.output_dir}")  # first, so that a long run's output is found at once
 
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path:
