@@ -44,9 +44,9 @@ def reference_index(n_total: int, n: int) -> Tensor:
 def translated(images: Tensor, pixels: int) -> list[Tensor]:
     """Every translation of uint8 images (N, C, H, W) by (dy, dx) in [-pixels, pixels]^2, the identity first,
     with the border pixels repeated into the uncovered margin."""
-    shifts = [(0, 0)] + [(dy, dx) for dy in range(-pixels, pixels + 1) for dx in range(-pixels, pixels + 1) if dy or dx]
     if pixels == 0:
         return [images]
+    shifts = [(0, 0)] + [(dy, dx) for dy in range(-pixels, pixels + 1) for dx in range(-pixels, pixels + 1) if dy or dx]
     h, w = images.shape[-2:]
     padded = F.pad(images.float(), [pixels] * 4, mode="replicate")
     return [
@@ -127,6 +127,7 @@ class Evaluator:
         self._data: Any = None
         self._train: FeatureSet | None = None
         self._heldout: FeatureSet | None = None
+        self._reference: FeatureSet | None = None
         self._memo: dict[Any, Any] = {}
         self.skipped: dict[str, str] = {}  # metric name -> why it could not be computed (logged once)
 
@@ -152,6 +153,7 @@ class Evaluator:
             self._heldout = self.real_features(datamodule, held, "heldout", device, progress) if held else None
             self._data, self._memo = datamodule, {}
         self._train, self._heldout = self._train.to(device), None if self._heldout is None else self._heldout.to(device)
+        self._reference = self._train[reference_index(len(self._train), self.num_samples).to(device)]
         self.extractor.to(device)
 
     def real_features(self, datamodule, split, name: str, device, progress: bool) -> FeatureSet:
@@ -195,8 +197,9 @@ class Evaluator:
 
     @property
     def reference(self) -> FeatureSet:
-        """The FID reference: a fixed random subset of the training split, as large as the generated set."""
-        return self._train[reference_index(len(self._train), self.num_samples).to(self._train.features.device)]
+        """The FID reference: a fixed random subset of the training split, as large as the generated set (after
+        `setup`)."""
+        return self._reference
 
     # --------------------------------------------------------------------------------------------- fake side
     def model_features(
@@ -242,7 +245,7 @@ class Evaluator:
             fake=fake,
             train=self._train,
             heldout=self._heldout,
-            translations=lambda side, pixels: self.translations({"fake": fake, "train": self._train}[side], pixels),
+            train_translations=self.train_translations,
             fit=lambda epochs: self.classifier_trainer(num_classes, epochs),
             memo=self.memo,
         )
@@ -259,14 +262,15 @@ class Evaluator:
             self._memo[key] = compute()
         return self._memo[key]
 
-    def translations(self, side: FeatureSet, pixels: int) -> Tensor:
-        """(V N, D) features of `side`'s images and of their translations by up to `pixels` in each direction
-        (V = (2 pixels + 1)^2), the untranslated ones first."""
+    def train_translations(self, pixels: int) -> Tensor:
+        """(V N_t, D) features of the training images and of their translations by up to `pixels` in each
+        direction (V = (2 pixels + 1)^2), the untranslated ones first."""
+        train = self._train
         views = [
-            extract_images(x, None, self.extractor, side.features.device, self.batch_size, False).features
-            for x in translated(side.images, pixels)[1:]
+            extract_images(x, None, self.extractor, train.features.device, self.batch_size, False).features
+            for x in translated(train.images, pixels)[1:]
         ]
-        return torch.cat([side.features, *views])
+        return torch.cat([train.features, *views])
 
     def classifier_trainer(self, num_classes: int, epochs: int):
         from genlab.features.domain import fit_classifier

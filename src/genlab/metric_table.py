@@ -48,7 +48,7 @@ class Inputs:
     """What a metric may read. `real` is the FID reference (a fixed subset of `train` of the evaluation's size),
     `train` the whole training split, `heldout` the held-out split; each with features, logits, labels, images.
 
-    `translations(side, pixels)` gives (V N, D) features of a side's images and their translations by up to
+    `train_translations(pixels)` gives (V N_t, D) features of the training images and their translations by up to
     `pixels` (V = (2 pixels + 1)^2, the untranslated images first);
     `fit(epochs)` a classifier trainer for CAS; `memo(key, compute)` keeps what does not change between
     evaluations (real-only results) for the evaluator's lifetime.
@@ -58,7 +58,7 @@ class Inputs:
     fake: FeatureSet
     train: FeatureSet
     heldout: FeatureSet | None = None
-    translations: Callable[[str, int], Tensor] | None = None
+    train_translations: Callable[[int], Tensor] | None = None
     fit: Callable[[int], Fit] | None = None
     memo: Callable[[Any, Callable[[], Any]], Any] = lambda key, compute: compute()  # noqa: E731
 
@@ -120,7 +120,7 @@ def _kid(i: Inputs, s: dict[str, Any]) -> tuple[float, float]:
 
 def _copy_rate(i: Inputs, s: dict[str, Any]) -> float:
     pixels = s["copy_shift"]  # the training images and their translations by up to this many pixels, once
-    train = i.memo(("train-translations", pixels), lambda: i.translations("train", pixels))
+    train = i.memo(("train-translations", pixels), lambda: i.train_translations(pixels))
     q = s["copy_quantile"]
     tau = i.memo(("copy-threshold", pixels, q), lambda: M.copy_threshold(train, i.heldout.features, q))
     return M.copy_rate(train, i.heldout.features, i.fake.features, q, threshold=tau)
@@ -313,7 +313,7 @@ def unmet_needs(metric: Metric, i: Inputs, num_classes: int) -> str | None:
         ),
         "conditional": (i.fake.labels is None or i.real.labels is None, "a conditional model and labelled data"),
         "heldout": (i.heldout is None, "a held-out split"),
-        "images": (i.fake.images is None or i.translations is None, "the generated images"),
+        "images": (i.fake.images is None or i.train_translations is None, "the generated images"),
     }
     unmet = [text for need in metric.needs for bad, text in [reasons[need]] if bad]
     return ("needs " + "; ".join(unmet)) if unmet else None
@@ -334,14 +334,15 @@ def compute(
     out: dict[str, float] = {}
     for metric in metrics:
         why = unmet_needs(metric, inputs, num_classes)
-        try:
-            if why:
-                raise TooFewSamplesError(why)
-            value = metric.compute(inputs, settings)
-        except TooFewSamplesError as err:
+        if why is None:
+            try:
+                value = metric.compute(inputs, settings)
+            except TooFewSamplesError as err:
+                why = str(err)
+        if why is not None:
             if skip is None:
-                raise ValueError(f"metric {metric.name!r} cannot be computed: {err}") from err
-            skip(metric.name, str(err))
+                raise ValueError(f"metric {metric.name!r} cannot be computed: {why}")
+            skip(metric.name, why)
             continue
         values = value if isinstance(value, tuple | list) else (value,)
         out.update({key: float(v) for key, v in zip(metric.keys, values, strict=True)})

@@ -31,6 +31,10 @@ from genlab.features.precision import check_precision, precision_context
 log = logging.getLogger(__name__)
 
 VERSION = 2  # bump when the code of the architecture or the training loop changes: old caches become stale
+# The recipe's defaults (the cache key holds the values a classifier was trained with):
+WIDTH = 16  # channels of the first conv stage
+BATCH_SIZE = 128
+LEARNING_RATE = 3e-3
 
 
 def normalise(images: Tensor) -> Tensor:
@@ -45,7 +49,7 @@ class DomainClassifier(nn.Module):
     about 0.6 MFLOP per 28x28 image, the size of the classic 99%-on-MNIST CNNs, cheap enough to train on a CPU.
     """
 
-    def __init__(self, channels: int, num_classes: int, width: int = 16) -> None:
+    def __init__(self, channels: int, num_classes: int, width: int = WIDTH) -> None:
         super().__init__()
 
         def stage(cin: int, cout: int) -> list[nn.Module]:
@@ -141,9 +145,9 @@ def train_classifier(
     epochs: int,
     seed: int,
     progress: bool = True,
-    width: int = 16,
-    batch_size: int = 128,
-    lr: float = 3e-3,
+    width: int = WIDTH,
+    batch_size: int = BATCH_SIZE,
+    lr: float = LEARNING_RATE,
 ) -> DomainClassifier:
     """Adam with a one-cycle schedule on uint8 images (N, C, S, S); deterministic given `seed`.
 
@@ -177,9 +181,9 @@ def load_or_train_domain_extractor(
     seed: int = 0,
     progress: bool = True,
     precision: str = "fp32",
-    width: int = 16,
-    batch_size: int = 128,
-    lr: float = 3e-3,
+    width: int = WIDTH,
+    batch_size: int = BATCH_SIZE,
+    lr: float = LEARNING_RATE,
 ) -> DomainExtractor:
     """The domain extractor of `datamodule`'s dataset: loaded from `cache_dir` if a valid cache of the same data
     and recipe is there, else trained on the train split, scored on the validation split and cached (None: no

@@ -21,7 +21,7 @@ from torch_fidelity import feature_extractor_inceptionv3 as tf_inception
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3, FeatureExtractorInceptionV3
 
 from genlab.features.base import FeatureExtractor, to_uint8
-from genlab.features.precision import PRECISIONS, check_precision, precision_context  # noqa: F401 (re-export)
+from genlab.features.precision import check_precision, precision_context
 
 NAME = "inception-v3-compat"
 FEATURES = ["2048", "logits_unbiased"]  # pool features for FID/KID/P&R, logits without bias for IS (as TF IS)
