@@ -3,10 +3,9 @@
 A cache file is one JSON header line ({"key", "sha256", "size"}) followed by the `torch.save` bytes of the
 payload (tensors, dicts, lists, strings, numbers: what `torch.load(weights_only=True)` accepts). `checked_load`
 trusts nothing: a missing, truncated, corrupt or stale (other key) file gives None, and the caller recomputes.
-Writes go to a temporary file in the same folder and are renamed into place (`os.replace` is atomic on POSIX
-within one file system), so no reader ever sees half a file; `file_lock` (an `fcntl.flock` on `<path>.lock`)
-lets one process compute while the others wait, then read. The same recipe as torch hub's downloads (temp file,
-then rename) plus the lock that pip and huggingface_hub take around shared caches.
+Writes go through `genlab.atomic.atomic_write` (a temporary file in the same folder, fsynced, then renamed into
+place), so no reader ever sees half a file; `file_lock` (an `fcntl.flock` on `<path>.lock`) lets one process
+compute while the others wait, then read: the lock that pip and huggingface_hub take around shared caches.
 """
 
 from __future__ import annotations
@@ -18,13 +17,14 @@ import io
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from torch import Tensor
+
+from genlab.atomic import atomic_write, remove_temp_files
 
 log = logging.getLogger(__name__)
 
@@ -36,25 +36,16 @@ def _canonical(key: dict) -> Any:
 
 def atomic_save(obj: Any, path: str | os.PathLike, key: dict) -> None:
     """Write `obj` to `path` with its key and checksum, atomically: `path` is the old file or the whole new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
-    torch.save(obj, buffer)
+    torch.save(obj, buffer)  # first, so that an object torch cannot save leaves no trace at all
     payload = buffer.getbuffer()
     header = {"key": _canonical(key), "sha256": hashlib.sha256(payload).hexdigest(), "size": len(payload)}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide a shared cache from other users
-        with os.fdopen(fd, "wb") as f:
-            f.write(json.dumps(header, sort_keys=True).encode() + b"\n")
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())  # the data is on disk before the rename makes it visible
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+
+    def write(f: IO[bytes]) -> None:
+        f.write(json.dumps(header, sort_keys=True).encode() + b"\n")
+        f.write(payload)
+
+    atomic_write(path, write)
 
 
 def checked_load(path: str | os.PathLike, key: dict) -> Any | None:
@@ -122,5 +113,6 @@ def load_or_compute(path: str | os.PathLike | None, key: dict, compute: Callable
         if cached is not None:
             return cached, False
         obj = compute()
+        remove_temp_files(path)  # of a write that was killed: under the lock, no other write is in progress
         atomic_save(obj, path, key)
         return obj, True
