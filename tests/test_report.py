@@ -9,6 +9,7 @@ metrics.csv cut mid-line. The browser check drives Debian's Chromium through the
 from __future__ import annotations
 
 import fcntl
+import importlib.util
 import json
 import math
 import os
@@ -33,6 +34,9 @@ from genlab.report import NoRunsError, group_runs, load_runs, write_report
 from genlab.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("report_cli", ROOT / "scripts" / "report.py")
+report_cli = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(report_cli)
 EVAL = ["eval=default", "eval/extractor=random", "eval.num_samples=32", "eval.batch_size=16", "eval.kid_subsets=5"]
 EVAL += ["eval.kid_subset_size=16", "eval.every_n_epochs=1", "eval.progress=false", "trainer.max_epochs=2"]
 CRASH = ["+callbacks.crash._target_=conftest.CrashAt", "+callbacks.crash.epoch=1", "+callbacks.crash.batch=1"]
@@ -352,6 +356,44 @@ def test_a_folder_with_no_runs_is_a_clear_error(tmp_path: Path) -> None:
     )
     assert result.returncode == 2 and f"{tmp_path / 'empty'}: no runs found" in result.stderr
     assert not (tmp_path / "empty" / "report.html").exists()
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("missing", "{tmp}/missing: no such folder"),
+        ("file", "{tmp}/notes.txt: is a file, not a run or sweep folder"),
+        ("no runs", "{tmp}/empty: no runs found (a run folder has one of .hydra, status.json, csv, tensorboard"),
+        ("out is a file", "--out {tmp}/notes.txt: cannot write the report there (it is a file, not a folder)"),
+        ("out below a file", "--out {tmp}/notes.txt/out: cannot write the report there (Not a directory)"),
+    ],
+)
+def test_report_py_errors_are_one_line_naming_the_bad_value(
+    case: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "notes.txt").write_text("not a run")
+    (tmp_path / "empty" / "notes").mkdir(parents=True)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "status.json").write_text(json.dumps({"status": "completed", "metrics": {"val/loss": 1.0}}))
+    argv = {
+        "missing": [str(tmp_path / "missing")],
+        "file": [str(tmp_path / "notes.txt")],
+        "no runs": [str(tmp_path / "empty")],
+        "out is a file": [str(tmp_path / "run"), "--out", str(tmp_path / "notes.txt")],
+        "out below a file": [str(tmp_path / "run"), "--out", str(tmp_path / "notes.txt" / "out")],
+    }[case]
+    assert report_cli.main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and err.startswith(f"report.py: {message.format(tmp=tmp_path)}")
+    assert not list(tmp_path.rglob("report.html"))
+
+
+def test_report_py_prints_the_page_it_wrote(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "status.json").write_text(json.dumps({"status": "completed", "metrics": {"val/loss": 1.0}}))
+    assert report_cli.main([str(tmp_path / "run"), "--out", str(tmp_path / "new" / "out")]) == 0
+    assert capsys.readouterr().out == f"{tmp_path / 'new' / 'out' / 'report.html'}\n"
+    assert "val/loss" in (tmp_path / "new" / "out" / "report.html").read_text()
 
 
 def test_the_browser_check_catches_broken_images_and_console_errors(browser: Chromium, tmp_path: Path) -> None:

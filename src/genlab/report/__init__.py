@@ -2,13 +2,15 @@
 
 The page has the final metrics per configuration (mean ± std over seeds), metric-versus-epoch plots, the last
 sample grid of each run and each run's config and extractor; failed, crashed and half-written runs are flagged
-with their error. Command line: `python scripts/report.py <run or sweep folder> [--out DIR]`.
+with their error. Runs logged with the csv or the tensorboard logger are both read (runs.py). Command line:
+`python scripts/report.py <run or sweep folder> [--out DIR]`.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from genlab.report.html import Page, render
@@ -16,19 +18,25 @@ from genlab.report.plots import plot_metrics, slug
 from genlab.report.runs import NoRunsError, Run, load_runs, read_run, sweep_notes
 from genlab.report.summary import Group, extractors, group_runs
 
-__all__ = ["NoRunsError", "Run", "Group", "load_runs", "read_run", "group_runs", "write_report"]
+__all__ = ["NoRunsError", "OutFolderError", "Run", "Group", "load_runs", "read_run", "group_runs", "write_report"]
 
 FILES = "report_files"  # the folder beside report.html that holds its PNGs
+
+
+class OutFolderError(OSError):
+    """The folder the report should go into cannot be created or written to."""
 
 
 def write_report(folder: str | Path, out: str | Path | None = None) -> Path:
     """Write `report.html` (and `report_files/*.png`) for the runs under `folder` into `out` (default: `folder`).
 
-    Returns the page's path; raises NoRunsError when `folder` holds no run.
+    Returns the page's path; raises NoRunsError when `folder` holds no run and OutFolderError when `out` cannot
+    be written to.
     """
     folder = Path(folder)
     runs = load_runs(folder)
     out = Path(out) if out is not None else folder
+    check_writable(out)
     files = out / FILES
     files.mkdir(parents=True, exist_ok=True)
     groups = group_runs(runs)
@@ -46,6 +54,18 @@ def write_report(folder: str | Path, out: str | Path | None = None) -> Path:
     tmp.write_text(render(page), encoding="utf-8")
     os.replace(tmp, path)  # a reader never sees half a page
     return path
+
+
+def check_writable(folder: Path) -> None:
+    """Create `folder` if needed and write a scratch file into it; raise OutFolderError naming it if that fails."""
+    if folder.exists() and not folder.is_dir():
+        raise OutFolderError(f"{folder}: cannot write the report there (it is a file, not a folder)")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise OutFolderError(f"{folder}: cannot write the report there ({err.strerror or err})") from None
 
 
 def copy_grids(run: Run, folder: Path, out: Path) -> list[tuple[str, str]]:

@@ -2,8 +2,10 @@
 
 A run folder is what `train.py` writes (see configs/hydra/default.yaml): `.hydra/` (config.yaml,
 overrides.yaml, hydra.yaml), `csv/metrics.csv` and `csv/hparams.yaml` from Lightning's CSVLogger,
-`samples/epoch_XXX.png`, `reconstructions/epoch_XXX.png` and `status.json` (genlab.train.RunStatus). A sweep
-folder (Hydra multirun) holds one run folder per job: `0/`, `1/`, ...
+`samples/epoch_XXX.png`, `reconstructions/epoch_XXX.png` and `status.json` (genlab.train.RunStatus). With
+`logger=tensorboard` the metrics are TensorBoard event files under `tensorboard/` (with `hparams.yaml` beside them)
+instead of `csv/`; a run with both is read from its csv. A sweep folder (Hydra multirun) holds one run folder per
+job: `0/`, `1/`, ...
 
 Reading never raises on a damaged run: a crash, a half-written file or a run still `running` after its process
 died becomes the run's `status` and `error`, so the report shows it instead of skipping it.
@@ -17,13 +19,18 @@ import math
 import os
 import re
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-RUN_MARKERS = (".hydra", "status.json", "csv", "train.log")
+from genlab.report.tensorboard_events import INSTALL, epoch_points, event_dirs, read_scalars
+
+TENSORBOARD = "tensorboard"  # TensorBoardLogger's folder in a run (configs/logger/tensorboard.yaml: name)
+RUN_MARKERS = (".hydra", "status.json", "csv", TENSORBOARD, "train.log")
+COUNTERS = ("epoch", "step")  # what loggers write beside the metrics to place them, not metrics
 MAX_DEPTH = 4  # how deep below the given folder runs are looked for (outputs/multiruns/<date>/<time>/<job>)
 GOOD = ("completed", "unknown")  # final metrics of these runs count in the means over seeds
 BAD = ("failed", "crashed", "incomplete")
@@ -94,6 +101,8 @@ def find_run_dirs(folder: Path, depth: int = 0) -> list[Path]:
 def load_runs(folder: str | Path) -> list[Run]:
     """Every run under `folder` (a run or a sweep folder), read; raises NoRunsError if there is none."""
     folder = Path(folder)
+    if folder.is_file():
+        raise NoRunsError(f"{folder}: is a file, not a run or sweep folder")
     if not folder.is_dir():
         raise NoRunsError(f"{folder}: no such folder")
     dirs = find_run_dirs(folder)
@@ -138,7 +147,7 @@ def read_hydra(run: Run) -> None:
     hydra_dir = run.path / ".hydra"
     overrides = load_yaml(hydra_dir / "overrides.yaml", run)
     run.overrides = [str(o) for o in overrides] if isinstance(overrides, list) else []
-    config_path = hydra_dir / "config.yaml" if (hydra_dir / "config.yaml").is_file() else run.path / "csv/hparams.yaml"
+    config_path = hydra_dir / "config.yaml" if (hydra_dir / "config.yaml").is_file() else hparams_path(run)
     config = load_yaml(config_path, run)
     config = config if isinstance(config, dict) else {}
     run.config_text = config_path.read_text(errors="replace") if config_path.is_file() else ""
@@ -210,10 +219,19 @@ def process_alive(pid: int) -> bool:
 
 
 def read_metrics(run: Run) -> None:
-    """Per-epoch history and last values from csv/metrics.csv; a cut-off last line is dropped and noted."""
+    """Per-epoch history and last values from csv/metrics.csv, else from the TensorBoard event files."""
+    folders = event_dirs(run.path / TENSORBOARD)
+    if (run.path / "csv" / "metrics.csv").is_file() or not folders:
+        read_csv_metrics(run)
+    else:
+        read_tensorboard_metrics(run, folders)
+
+
+def read_csv_metrics(run: Run) -> None:
+    """Metrics from csv/metrics.csv; a cut-off last line is dropped and noted."""
     path = run.path / "csv" / "metrics.csv"
     if not path.is_file():
-        run.problems.append("csv/metrics.csv is missing")
+        run.problems.append(f"csv/metrics.csv is missing (and {TENSORBOARD}/ holds no TensorBoard event files)")
         return
     text = path.read_text(errors="replace")
     lines = text.splitlines()
@@ -225,18 +243,43 @@ def read_metrics(run: Run) -> None:
         run.problems.append("csv/metrics.csv is empty" if not rows else "csv/metrics.csv has a header and no rows")
         return
     header, body = rows[0], rows[1:]
-    per_epoch: dict[str, dict[int, list[float]]] = {}
+    points = []
     for number, row in enumerate(body, start=2):
         if len(row) != len(header):
             run.problems.append(f"csv/metrics.csv line {number} has {len(row)} fields, not {len(header)}")
             continue
         record = dict(zip(header, row, strict=True))
         epoch = parse_float(record.get("epoch", ""))
-        for key, value in record.items():
-            number_value = parse_float(value)
-            if key not in ("epoch", "step") and number_value is not None and epoch is not None:
-                per_epoch.setdefault(key, {}).setdefault(int(epoch), []).append(number_value)
-                run.final[key] = number_value
+        if epoch is None:
+            continue
+        for key, cell in record.items():
+            value = parse_float(cell)
+            if value is not None:
+                points.append((key, int(epoch), value))
+    keep_points(run, points)
+
+
+def read_tensorboard_metrics(run: Run, folders: list[Path]) -> None:
+    """Metrics from the event files in `folders` (under tensorboard/), placed by their `epoch` scalar."""
+    try:
+        scalars = read_scalars(folders)
+    except ImportError:
+        missing = f"the tensorboard package is not installed: {INSTALL}"
+        run.problems.append(f"{TENSORBOARD}/ holds TensorBoard event files, but {missing}")
+        return
+    if not any(tag not in COUNTERS for tag in scalars):
+        run.problems.append(f"the TensorBoard event files in {TENSORBOARD}/ hold no metrics")
+        return
+    keep_points(run, epoch_points(scalars))
+
+
+def keep_points(run: Run, points: Iterable[tuple[str, int, float]]) -> None:
+    """Set `history` and `final` from (metric, epoch, value) points, each metric's points in logging order."""
+    per_epoch: dict[str, dict[int, list[float]]] = {}
+    for key, epoch, value in points:
+        if key not in COUNTERS:
+            per_epoch.setdefault(key, {}).setdefault(epoch, []).append(value)
+            run.final[key] = value
     # Step-logged metrics (train/*) have several values an epoch: the plot shows their epoch mean.
     run.history = {k: [(e, math.fsum(v) / len(v)) for e, v in sorted(d.items())] for k, d in per_epoch.items()}
 
@@ -249,15 +292,22 @@ def parse_float(text: str) -> float | None:
 
 
 def describe_extractor(evaluation: Any) -> str | None:
-    """'random 543907ee94de (tf32)' from status.json's `evaluation` (or the csv/hparams.yaml keys)."""
+    """'random 543907ee94de (tf32)' from status.json's `evaluation` (or the logger's hparams.yaml keys)."""
     if not isinstance(evaluation, dict) or not evaluation.get("extractor"):
         return None
     text = f"{evaluation['extractor']} {evaluation.get('extractor_hash') or '?'}"
     return f"{text} ({evaluation['precision']})" if evaluation.get("precision") else text
 
 
+def hparams_path(run: Run) -> Path:
+    """The logger's hparams.yaml: csv/hparams.yaml, else the one beside the TensorBoard event files."""
+    beside_events = [folder / "hparams.yaml" for folder in event_dirs(run.path / TENSORBOARD)]
+    candidates = [run.path / "csv" / "hparams.yaml", *beside_events]
+    return next((path for path in candidates if path.is_file()), candidates[0])
+
+
 def hparams_extractor(run: Run) -> str | None:
-    hparams = load_yaml(run.path / "csv" / "hparams.yaml", run)
+    hparams = load_yaml(hparams_path(run), run)
     if not isinstance(hparams, dict):
         return None
     keys = ("extractor", "extractor_hash", "precision")
