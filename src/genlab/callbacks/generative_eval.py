@@ -3,7 +3,8 @@
 What is scored and how lives in `genlab.evaluator.Evaluator` (the same object `evaluate.py` uses, built from
 the same `eval` config node) and `genlab.metric_table`; this callback decides when, hands the evaluator this
 process's rank, logs `eval/*` together with the extractor's name, weights hash and precision (numbers from
-different extractors are never comparable), and writes a nearest-neighbour grid at each evaluation.
+different extractors are never comparable), and writes a nearest-neighbour grid at each evaluation. An evaluation
+that meets NaN or inf samples or features logs an error and no `eval/*` number, and training goes on.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from lightning.pytorch.utilities.seed import isolate_rng
 from genlab.callbacks.sample_grid import save_grid
 from genlab.checks import check_positive_int
 from genlab.evaluator import Evaluator, Scores
+from genlab.feature_sets import NonFiniteError
 from genlab.features.base import ExtractorFactory
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,7 @@ class GenerativeEval(L.Callback):
         self.every_n_epochs = every_n_epochs
         self.dirpath = Path(dirpath) if dirpath else None
         self.evaluated_epoch = -1  # the last epoch scored, for BestFIDCheckpoint
+        self.logged_keys: set[str] = set()  # the eval/* keys logged at that epoch
         self._logged_info = False
 
     @property
@@ -62,14 +65,21 @@ class GenerativeEval(L.Callback):
             return
         with isolate_rng():  # evaluation must not change the training run's random stream
             scores = self.evaluate(trainer, pl_module)
+        if scores is None:
+            return
         self.evaluated_epoch = trainer.current_epoch
         results = scores.metrics
+        self.logged_keys = {f"eval/{k}" for k in results}
         pl_module.log_dict({f"eval/{k}": v for k, v in results.items()}, sync_dist=False)
         summary = ", ".join(f"{k}={v:.4g}" for k, v in results.items())
         rank_zero_info(f"epoch {trainer.current_epoch} eval [{self.evaluator.describe()}]: {summary}")
         if self.dirpath is not None and trainer.is_global_zero:
             grid = self.evaluator.nearest_neighbour_grid(scores.fake)
             save_grid(trainer, self.dirpath, "nearest", grid)
+
+    def scored(self, epoch: int, key: str) -> bool:
+        """Whether the evaluation of `epoch` logged `key` (an `eval/*` key; a non-finite value is not logged)."""
+        return self.evaluated_epoch == epoch and key in self.logged_keys
 
     def due(self, trainer: L.Trainer) -> bool:
         """Every `every_n_epochs` epochs, and at the last epoch so that a run always ends with its final numbers."""
@@ -78,16 +88,22 @@ class GenerativeEval(L.Callback):
             trainer.max_epochs not in (None, -1) and epoch >= trainer.max_epochs
         )
 
-    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Scores:
-        scores = self.evaluator.evaluate(
-            trainer.datamodule,
-            pl_module.device,
-            model=pl_module,
-            rank=trainer.global_rank,
-            world=trainer.world_size,
-            all_gather=trainer.strategy.all_gather,
-            progress=self.evaluator.progress and trainer.is_global_zero,
-        )
+    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Scores | None:
+        """This process's part of the evaluation; None (and an error line) if it met NaN or inf."""
+        try:
+            scores = self.evaluator.evaluate(
+                trainer.datamodule,
+                pl_module.device,
+                model=pl_module,
+                rank=trainer.global_rank,
+                world=trainer.world_size,
+                all_gather=trainer.strategy.all_gather,
+                progress=self.evaluator.progress and trainer.is_global_zero,
+            )
+        except NonFiniteError as err:  # every process raises it alike: the check follows the gather
+            if trainer.is_global_zero:
+                log.error(f"epoch {trainer.current_epoch} eval: {err}; no eval/* metric logged for this epoch")
+            return None
         if not self._logged_info:
             self._logged_info = True
             e = self.evaluator.extractor
@@ -103,13 +119,14 @@ class GenerativeEval(L.Callback):
 
 
 class BestFIDCheckpoint(ModelCheckpoint):
-    """Keeps the best model by `eval/fid`, considering only the epochs that `evaluation` scored: between
-    evaluations `eval/fid` still holds an older model's number, which must not be credited to the current one."""
+    """Keeps the best model by `eval/fid`, considering only the epochs whose evaluation logged an `eval/fid`:
+    between evaluations (and after one that logged none) `eval/fid` still holds an older model's number, which must
+    not be credited to the current one."""
 
     def __init__(self, evaluation: GenerativeEval, **kwargs) -> None:
         super().__init__(monitor="eval/fid", mode="min", every_n_epochs=1, save_on_train_epoch_end=False, **kwargs)
         self.evaluation = evaluation
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.evaluation.evaluated_epoch == trainer.current_epoch:
+        if self.evaluation.scored(trainer.current_epoch, self.monitor):
             super().on_validation_end(trainer, pl_module)
