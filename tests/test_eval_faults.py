@@ -127,7 +127,13 @@ class NaNVAE(VAEModule):
 def fit_with_eval(model: L.LightningModule, tmp_path: Path) -> tuple[L.Trainer, BestFIDCheckpoint]:
     """One epoch of two batches with the evaluation callback, a CSV logger and the best-FID checkpoint."""
     evaluation = GenerativeEval(
-        random_extractor, ["fid", "is", "pr"], num_samples=48, batch_size=16, progress=False, cache_dir=None
+        random_extractor,
+        ["fid", "is", "pr"],
+        num_samples=48,
+        batch_size=16,
+        progress=False,
+        cache_dir=None,
+        every_n_epochs=1,
     )
     best = BestFIDCheckpoint(evaluation, dirpath=tmp_path / "checkpoints")
     trainer = L.Trainer(

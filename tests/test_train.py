@@ -12,7 +12,9 @@ import pytest
 import torch
 from hydra.errors import InstantiationException
 
-from genlab.train import CheckpointError, train
+from genlab.checks import ConfigError
+from genlab.checks import ConfigError as CheckpointError
+from genlab.train import train
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, str]]:
@@ -67,15 +69,15 @@ def test_resume_equals_uninterrupted_training(train_cfg, tmp_path: Path) -> None
     assert epochs == 1
 
 
-def test_resuming_a_finished_run_does_no_more_work(train_cfg, tmp_path: Path) -> None:
+def test_resuming_a_finished_run_says_so_and_does_no_more_work(train_cfg, tmp_path: Path) -> None:
     train(train_cfg("done", "trainer.max_epochs=1"))
     last = tmp_path / "done/checkpoints/last.ckpt"
     before = last.read_bytes()
-    train(train_cfg("again", "trainer.max_epochs=1", f"ckpt_path={last}"))
+    finished = r"already trained its 1 epoch\(s\) \(trainer.max_epochs=1\).*trainer.max_epochs=2"
+    with pytest.raises(CheckpointError, match=finished):
+        train(train_cfg("again", "trainer.max_epochs=1", f"ckpt_path={last}"))
     assert last.read_bytes() == before
-    again = tmp_path / "again"
-    assert not (again / "checkpoints").exists() and not (again / "samples").exists()
-    assert not (again / "csv" / "metrics.csv").exists()  # not one step or validation logged
+    assert not (tmp_path / "again").exists()  # nothing written
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "not_lightning", "missing"])
@@ -112,7 +114,7 @@ def test_bad_checkpoint_fails_clearly_and_overwrites_nothing(damage: str, train_
     ],
 )
 def test_bad_hyperparameters_fail_before_training(override: str, message: str, train_cfg, tmp_path: Path) -> None:
-    with pytest.raises(InstantiationException, match=message):
+    with pytest.raises((InstantiationException, ConfigError), match=message):
         train(train_cfg("bad", override))
     assert not (tmp_path / "bad").exists()  # nothing was written
 

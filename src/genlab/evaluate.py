@@ -14,36 +14,16 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from genlab.checks import ConfigError
 from genlab.train import CONFIG_DIR
 
 log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-
-
-def load_image_folder(folder: str | Path, image_shape: tuple[int, int, int], limit: int | None = None):
-    """uint8 images (N, C, H, W) from a folder (sorted by name); every image must have the data's shape."""
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not paths:
-        raise FileNotFoundError(f"eval.fake_dir={folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    channels, height, width = image_shape
-    images = []
-    for path in paths[:limit]:
-        with Image.open(path) as img:
-            if img.size != (width, height):
-                raise ValueError(f"{path} is {img.size[0]}x{img.size[1]}, the data's images are {width}x{height}")
-            array = np.asarray(img.convert("L" if channels == 1 else "RGB"))
-        images.append(torch.from_numpy(array.copy()).reshape(height, width, channels).permute(2, 0, 1))
-    return torch.stack(images)
 
 
 def format_table(results: dict[str, float], header: str) -> str:
@@ -58,20 +38,20 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     The evaluator is the training callback's, built from the same `eval` node (so an unknown `eval.` setting
     fails here as it does in training); `fake_dir` is this command's own key.
     """
+    from genlab.preflight import check_evaluate_config
+
+    check_evaluate_config(cfg)  # before torch's import time
     ckpt_path, fake_dir = cfg.get("ckpt_path"), cfg.eval.get("fake_dir")
-    if bool(ckpt_path) == bool(fake_dir):
-        raise ValueError("give exactly one of ckpt_path=<model.ckpt> or eval.fake_dir=<folder of images>")
-    if fake_dir and not Path(fake_dir).is_dir():  # checked before the framework's import time
-        raise FileNotFoundError(f"eval.fake_dir={fake_dir}: no such folder")
     import torch
     from torchvision.utils import save_image
 
+    from genlab.image_folder import load_image_folder
     from genlab.loggers import print_each_line_once
-    from genlab.models import load_model
 
     print_each_line_once()
 
     node = OmegaConf.to_container(cfg.eval, resolve=True)
+    on_bad = node.pop("on_bad_file", "skip")
     node.pop("fake_dir", None)
     evaluator = instantiate(node).evaluator
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -79,11 +59,14 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     dm.prepare_data()
     dm.setup("fit")
     if ckpt_path:
-        scores = evaluator.evaluate(dm, device, model=load_model(ckpt_path, map_location=device))
+        scores = evaluator.evaluate(dm, device, model=load_checkpoint_model(ckpt_path, device))
     else:
-        scores = evaluator.evaluate(
-            dm, device, images=load_image_folder(fake_dir, dm.image_shape, evaluator.num_samples)
-        )
+        images, problems = load_image_folder(fake_dir, dm.image_shape, evaluator.num_samples, on_bad)
+        if problems:
+            log.warning(f"eval.fake_dir={fake_dir}: skipped {len(problems)} bad file(s) (eval.on_bad_file=stop stops):")
+            for line in problems[:20]:
+                log.warning(f"  {line}")
+        scores = evaluator.evaluate(dm, device, images=images)
     results, e = scores.metrics, evaluator.extractor
     if not results:
         reasons = "; ".join(f"{name} {why}" for name, why in evaluator.skipped.items())
@@ -115,6 +98,28 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     return results
 
 
+def load_checkpoint_model(ckpt_path: str, device: Any) -> Any:
+    """The genlab model of a checkpoint; a file that torch cannot read is a ConfigError naming it."""
+    from genlab.models import load_model
+
+    try:
+        return load_model(ckpt_path, map_location=device)
+    except ConfigError:
+        raise
+    except Exception as err:  # torch.load's many ways of saying "not this kind of file"
+        raise ConfigError(f"ckpt_path={ckpt_path} cannot be read as a genlab model checkpoint ({err})") from None
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="evaluate")
-def main(cfg: DictConfig) -> None:
-    evaluate(cfg)
+def _main(cfg: DictConfig) -> None:
+    from genlab.cli import one_line_errors
+
+    with one_line_errors(cfg.paths.output_dir, stop_at=cfg.paths.log_dir):
+        evaluate(cfg)
+
+
+def main() -> None:
+    from genlab.cli import install_override_check
+
+    install_override_check()
+    _main()

@@ -8,7 +8,12 @@ features -> statistics -> metric):
   the validation split), extracted once and cached on disk under a hash of the images themselves, the
   extractor, its weights hash and the precision; FID, KID, P&R and D&C use a fixed random subset of the
   training split as large as the generated set;
-- fake side: `sample()` in seeded batches (`genlab.feature_sets`), split across DDP ranks and gathered.
+- fake side: `sample()` in seeded batches (`genlab.feature_sets`), split across DDP ranks and gathered; batches
+  that run out of GPU memory are redone in halves.
+
+Nothing is scored from NaN or inf: generated samples or features that are not finite raise a
+`genlab.feature_sets.NonFiniteError` (the callback logs it and training goes on), and a metric that comes out
+non-finite is left out of the results with an error line naming it.
 """
 
 from __future__ import annotations
@@ -25,7 +30,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from genlab import metric_table
-from genlab.feature_sets import FeatureSet, batch_plan, extract_images, gather_batches, sample_features
+from genlab.feature_sets import (
+    FeatureSet,
+    batch_plan,
+    check_finite,
+    extract_images,
+    gather_batches,
+    sample_features,
+)
 from genlab.features.base import ExtractorFactory, FeatureExtractor
 from genlab.features.cache import load_or_compute, tensors_hash
 from genlab.metrics.knn import nearest
@@ -61,6 +73,15 @@ def compute_metrics(real: FeatureSet, fake: FeatureSet, metrics: Sequence[str], 
     num_classes = real.logits.shape[1] if real.logits is not None else 0
     chosen = metric_table.select(list(metrics))
     return metric_table.compute(chosen, inputs, metric_table.check_settings(settings), num_classes)
+
+
+def finite_only(results: dict[str, float]) -> dict[str, float]:
+    """`results` without its NaN and inf values, each one dropped named in an error line: no number computed from
+    NaN is ever reported."""
+    for key, value in results.items():
+        if not math.isfinite(value):
+            log.error(f"eval: {key} came out as {value}; it is not reported")
+    return {key: value for key, value in results.items() if math.isfinite(value)}
 
 
 @dataclass
@@ -100,7 +121,7 @@ class Evaluator:
         progress: bool = True,
         **settings: Any,
     ) -> None:
-        from genlab.checks import check_positive_int
+        from genlab.checks import ConfigError, check_positive_int
 
         check_positive_int("num_samples", num_samples)
         check_positive_int("batch_size", batch_size)
@@ -108,19 +129,15 @@ class Evaluator:
             from genlab.train import CONFIG_DIR
 
             names = sorted(p.stem for p in (CONFIG_DIR / "eval" / "extractor").glob("*.yaml"))
-            raise ValueError(
+            raise ConfigError(
                 f"eval.extractor={extractor!r} is not an extractor config: choose one with eval/extractor=<name>, "
                 f"one of {names} (configs/eval/extractor/)"
             )
         chosen = metric_table.select(list(metrics) if not isinstance(metrics, str) else metrics)
         self.factory, self.metric_names = extractor, [m.name for m in chosen]  # names: the table's rows don't pickle
         self.settings = metric_table.check_settings(settings)
-        size = self.settings["kid_subset_size"]
-        if "kid" in self.metric_names and size > num_samples:  # found now, not after the first training epoch
-            raise ValueError(
-                f"eval.kid_subset_size={size} is more than eval.num_samples={num_samples}: KID draws subsets of "
-                "that many generated samples. Lower eval.kid_subset_size or raise eval.num_samples"
-            )
+        # found now, not after the first training epoch; against the reference's size again in `setup`
+        metric_table.check_sample_counts(self.metric_names, self.settings, num_samples, num_real=None)
         self.num_samples, self.batch_size, self.precision = num_samples, batch_size, precision
         self.cache_dir, self.seed, self.progress = cache_dir, seed, progress
         self.extractor: FeatureExtractor | None = None
@@ -153,6 +170,7 @@ class Evaluator:
             self._heldout = self.real_features(datamodule, held, "heldout", device, progress) if held else None
             self._data, self._memo = datamodule, {}
         self._train, self._heldout = self._train.to(device), None if self._heldout is None else self._heldout.to(device)
+        metric_table.check_sample_counts(self.metric_names, self.settings, self.num_samples, len(self._train))
         self._reference = self._train[reference_index(len(self._train), self.num_samples).to(device)]
         self.extractor.to(device)
 
@@ -205,12 +223,13 @@ class Evaluator:
     def model_features(
         self, model, image_shape, rank: int = 0, world: int = 1, all_gather=None, progress=None
     ) -> FeatureSet:
-        """The generated side of `model`: this process's share of the sample batches, gathered from all."""
+        """The generated side of `model`: this process's share of the sample batches, gathered from all (checked
+        for NaN and inf by `evaluate`, after the gather, so that all processes agree)."""
         batch_size = min(self.batch_size, math.ceil(self.num_samples / world))  # every rank gets a batch
         mine = list(range(rank, len(batch_plan(self.num_samples, batch_size)), world))
         progress = self.progress if progress is None else progress
         sets = sample_features(
-            model, self.extractor, self.num_samples, batch_size, self.seed, image_shape, mine, progress
+            model, self.extractor, self.num_samples, batch_size, self.seed, image_shape, mine, progress, check=False
         )
         return gather_batches(sets, self.num_samples, batch_size, rank, world, all_gather)
 
@@ -226,7 +245,8 @@ class Evaluator:
         all_gather: Callable | None = None,
         progress: bool | None = None,
     ) -> Scores:
-        """Score `model` (sampled) or uint8 `images` (N, C, H, W) against `datamodule`: the one scoring function."""
+        """Score `model` (sampled) or uint8 `images` (N, C, H, W) against `datamodule`: the one scoring function.
+        Raises a NonFiniteError, naming how many, if generated samples or their features hold NaN or inf."""
         if (model is None) == (images is None):
             raise ValueError("give exactly one of model=<a genlab model> or images=<uint8 tensor>")
         progress = self.progress if progress is None else progress
@@ -236,10 +256,12 @@ class Evaluator:
                 fake = self.model_features(model, tuple(datamodule.image_shape), rank, world, all_gather, progress)
             else:
                 fake = extract_images(images, None, self.extractor, device, self.batch_size, progress, "eval: images")
+            check_finite(fake)
             return Scores(self.score(fake, datamodule.num_classes), fake)
 
     def score(self, fake: FeatureSet, num_classes: int) -> dict[str, float]:
-        """Every selected metric whose needs are met, as a flat dict of floats (the others are logged once)."""
+        """Every selected metric whose needs are met, as a flat dict of finite floats (the others are logged once;
+        a non-finite value is dropped with an error line)."""
         inputs = metric_table.Inputs(
             real=self.reference,
             fake=fake,
@@ -249,7 +271,7 @@ class Evaluator:
             fit=lambda epochs: self.classifier_trainer(num_classes, epochs),
             memo=self.memo,
         )
-        return metric_table.compute(self.metrics, inputs, self.settings, num_classes, self.log_skip)
+        return finite_only(metric_table.compute(self.metrics, inputs, self.settings, num_classes, self.log_skip))
 
     def log_skip(self, name: str, why: str) -> None:
         if name not in self.skipped:  # once per evaluator, not at every evaluation

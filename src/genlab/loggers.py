@@ -18,6 +18,8 @@ from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
+from genlab.checks import ConfigError
+
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 
 
@@ -48,7 +50,7 @@ def wandb_api_key_available() -> bool:
 def resolve_wandb_mode(mode: str = "auto") -> str:
     """`auto` -> WANDB_MODE if set, else `online` with an API key and `offline` without one."""
     if mode not in WANDB_MODES:
-        raise ValueError(f"wandb mode must be one of {list(WANDB_MODES)}, got {mode!r}")
+        raise ConfigError(f"wandb mode must be one of {list(WANDB_MODES)}, got {mode!r}")
     if mode != "auto":
         return mode
     env_mode = os.environ.get("WANDB_MODE")
@@ -85,6 +87,22 @@ def summarize_run(loggers: list, metrics: dict[str, float], best_fid: float | No
             logger.experiment.summary["best/eval_fid"] = best_fid
         rows = [[name, value] for name, value in sorted(metrics.items()) if name.split("/")[0] in ("eval", "val")]
         logger.log_table(key="final_metrics", columns=["metric", "value"], data=rows)
+
+
+def run_summary(
+    metrics: dict[str, float], best: list[tuple[str, float | None, str]], run_dir: str, data_args: list[str]
+) -> str:
+    """The end of a run on the terminal: its final eval/val/train numbers, the best checkpoints and the commands
+    that resume or evaluate it."""
+    shown = {k: v for k, v in sorted(metrics.items()) if k.split("/")[0] in ("eval", "val", "train")}
+    width = max((len(k) for k in shown), default=0)
+    lines = [f"run finished: {run_dir}", *(f"  {k:<{width}}  {v:12.5g}" for k, v in shown.items())]
+    for monitor, score, path in best:
+        lines.append(f"best by {monitor}" + (f" ({score:.5g})" if score is not None else "") + f": {path}")
+    chosen = best[-1][2] if best else f"{run_dir}/checkpoints/last.ckpt"
+    lines.append(f"train on:  python train.py ckpt_path={run_dir} trainer.max_epochs=<more>")
+    lines.append(f"evaluate:  python evaluate.py ckpt_path={chosen} {' '.join(data_args)}".rstrip())
+    return "\n".join(lines)
 
 
 def finish_loggers(loggers: list, failed: bool = False) -> None:

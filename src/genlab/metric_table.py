@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from genlab.checks import ConfigError, did_you_mean
+
 if TYPE_CHECKING:
     from torch import Tensor
 
@@ -282,25 +284,43 @@ def select(metrics: str | list[str] | tuple[str, ...]) -> list[Metric]:
         metrics = [metrics]
     unknown = [name for name in metrics if name not in BY_NAME]
     if unknown:
-        raise ValueError(f"unknown metric(s) {unknown}; valid: {list(BY_NAME)}, or 'default' or 'all'")
+        hint = "".join(did_you_mean(name, BY_NAME) for name in unknown)
+        raise ConfigError(
+            f"eval.metrics: unknown metric(s) {unknown}{hint}; valid: {list(BY_NAME)}, or 'default' or 'all'"
+        )
     return [BY_NAME[name] for name in dict.fromkeys(metrics)]
 
 
 def check_settings(settings: dict[str, Any]) -> dict[str, Any]:
     """The table's defaults updated with `settings`; an unknown name or a value its rule forbids raises, naming
     the valid names or values."""
-    import difflib
-
     unknown = [name for name in settings if name not in SETTINGS]
     if unknown:
-        hints = [difflib.get_close_matches(name, SETTINGS, n=1) for name in unknown]
-        hint = "".join(f" (did you mean {h[0]!r}?)" for h in hints if h)
-        raise ValueError(f"unknown metric setting(s) {unknown}{hint}; valid: {sorted(SETTINGS)}")
+        hint = "".join(did_you_mean(name, SETTINGS) for name in unknown)
+        raise ConfigError(f"unknown metric setting(s) {unknown}{hint}; valid: {sorted(SETTINGS)}")
     for name, value in settings.items():
         allowed, what = RULES[name]
         if not allowed(value):
-            raise ValueError(f"eval.{name} must be {what}, got {value!r}")
+            raise ConfigError(f"eval.{name} must be {what}, got {value!r}")
     return {**SETTINGS, **settings}
+
+
+def check_sample_counts(names: list[str], settings: dict[str, Any], num_samples: int, num_real: int | None) -> None:
+    """Raise a ConfigError where a chosen metric needs more samples than an evaluation has: KID's subsets, the
+    k of the k-NN metrics (`num_real`, the FID reference's size, where known: then both sides count)."""
+    n = num_samples if num_real is None else min(num_samples, num_real)
+    side = "eval.num_samples" if num_real is None or num_samples <= num_real else f"the {num_real} reference images"
+    size = settings["kid_subset_size"]
+    if "kid" in names and size > n:
+        raise ConfigError(
+            f"eval.kid_subset_size={size} is more than {side} ({n}): KID draws subsets of that many samples. "
+            f"Lower eval.kid_subset_size (e.g. eval.kid_subset_size={max(2, n // 2)}) or raise eval.num_samples"
+        )
+    for metric, key in (("pr", "pr_k"), ("dc", "dc_k"), ("authenticity", None), ("copy_rate", None)):
+        k = settings[key] if key else 1
+        if metric in names and k >= n:
+            what = f"eval.{key}={k}" if key else "a nearest neighbour other than itself"
+            raise ConfigError(f"{metric} needs more than {k} samples for {what}, and {side} is {n}: raise it")
 
 
 def unmet_needs(metric: Metric, i: Inputs, num_classes: int) -> str | None:

@@ -20,6 +20,8 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from genlab.checks import ConfigError
+
 if TYPE_CHECKING:
     import lightning as L
 
@@ -47,23 +49,40 @@ register_metric_settings()
 CHECKPOINT_KEYS = ("state_dict", "epoch", "global_step", "optimizer_states", "loops")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint to resume from is missing, unreadable or not a Lightning training checkpoint."""
-
-
-def check_checkpoint(path: str) -> None:
-    """Raise a CheckpointError unless `path` is a complete Lightning training checkpoint."""
+def check_checkpoint(path: str, trainer_cfg: DictConfig | None = None) -> None:
+    """Raise a ConfigError unless `path` is a complete Lightning training checkpoint that still has epochs (or
+    steps) left to train under `trainer_cfg`."""
     import torch
 
-    if not Path(path).is_file():
-        raise CheckpointError(f"ckpt_path={path}: no such file")
+    from genlab.preflight import check_checkpoint_path
+
+    check_checkpoint_path(path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise CheckpointError(f"ckpt_path={path} cannot be read; is it truncated or corrupt? ({err})") from err
+        raise ConfigError(f"ckpt_path={path} cannot be read; is it truncated or corrupt? ({err})") from None
     missing = [key for key in CHECKPOINT_KEYS if key not in checkpoint]
     if missing:
-        raise CheckpointError(f"ckpt_path={path} is not a Lightning training checkpoint: it has no {missing}")
+        raise ConfigError(f"ckpt_path={path} is not a Lightning training checkpoint: it has no {missing}")
+    if trainer_cfg is not None:
+        check_not_finished(path, checkpoint, trainer_cfg)
+
+
+def check_not_finished(path: str, checkpoint: dict[str, Any], trainer_cfg: DictConfig) -> None:
+    """A checkpoint whose run already reached max_epochs (or max_steps) would 'resume' into nothing."""
+    progress = checkpoint["loops"].get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
+    epochs, steps = progress.get("processed", 0), checkpoint["global_step"]  # processed: what Lightning resumes from
+    max_epochs, max_steps = trainer_cfg.get("max_epochs"), trainer_cfg.get("max_steps") or -1
+    if max_steps != -1 and steps >= max_steps:
+        raise ConfigError(
+            f"ckpt_path={path}: that run already trained its {steps} step(s) (trainer.max_steps={max_steps}); "
+            f"to train on, raise it: python train.py ckpt_path={path} trainer.max_steps={2 * steps}"
+        )
+    if max_steps == -1 and max_epochs not in (None, -1) and epochs >= max_epochs:
+        raise ConfigError(
+            f"ckpt_path={path}: that run already trained its {epochs} epoch(s) (trainer.max_epochs={max_epochs}); "
+            f"to train on, raise it: python train.py ckpt_path={path} trainer.max_epochs={epochs + max(epochs, 1)}"
+        )
 
 
 def instantiate_group(group: DictConfig | None) -> list[Any]:
@@ -71,6 +90,23 @@ def instantiate_group(group: DictConfig | None) -> list[Any]:
     if not group:
         return []
     return [instantiate(entry) for entry in group.values() if isinstance(entry, DictConfig) and "_target_" in entry]
+
+
+def training_callbacks(cfg: DictConfig, model: Any) -> list[Any]:
+    """The `callbacks` group; a ModelCheckpoint with `monitor: auto` ranks by the model family's
+    `checkpoint_monitor`, and is left out for a family without one (the GAN)."""
+    callbacks = []
+    for name, entry in (cfg.get("callbacks") or {}).items():
+        if not isinstance(entry, DictConfig) or "_target_" not in entry:
+            continue
+        if entry.get("monitor") == "auto":
+            monitor = getattr(model, "checkpoint_monitor", "val/loss")
+            if monitor is None:
+                log.info(f"callbacks.{name}: no best-by-loss checkpoint for {type(model).__name__}; last.ckpt is kept")
+                continue
+            entry = OmegaConf.merge(entry, {"monitor": monitor})
+        callbacks.append(instantiate(entry))
+    return callbacks
 
 
 def eval_callbacks(cfg: DictConfig) -> list[Any]:
@@ -133,17 +169,23 @@ def data_shape_kwargs(model_cfg: DictConfig, datamodule: Any) -> dict[str, int]:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the configured model on the configured data; returns the last logged metrics."""
+    from genlab.preflight import check_train_config
+
+    check_train_config(cfg)  # keys, types, names and counts, before torch's import time
     import lightning as L
 
+    from genlab import interrupt
+    from genlab.atomic import AtomicCheckpointIO
     from genlab.callbacks import RNGState
-    from genlab.loggers import finish_loggers, print_each_line_once, summarize_run
+    from genlab.loggers import finish_loggers, print_each_line_once, run_summary, summarize_run
 
     print_each_line_once()
     log.info(f"run folder: {cfg.paths.output_dir}")  # first, so that a long run's output is found at once
+    interrupt.install()
 
-    ckpt_path = cfg.get("ckpt_path")
+    ckpt_path = resolve_checkpoint(cfg.get("ckpt_path"))
     if ckpt_path:
-        check_checkpoint(ckpt_path)
+        check_checkpoint(ckpt_path, cfg.trainer)
     L.seed_everything(cfg.seed, workers=True)
     # With an OnExceptionCheckpoint, Lightning resumes from the run folder's newest checkpoint when there is
     # one (what a requeued job wants) and otherwise warns twice that there is none: a new run folder has none.
@@ -154,23 +196,23 @@ def train(cfg: DictConfig) -> dict[str, float]:
     pin_sweep_job_to_gpu(cfg)
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     model: L.LightningModule = instantiate(cfg.model, **data_shape_kwargs(cfg.model, datamodule), _convert_="all")
-    callbacks = [*instantiate_group(cfg.get("callbacks")), *eval_callbacks(cfg), RNGState()]
+    callbacks = [*training_callbacks(cfg, model), *eval_callbacks(cfg), RNGState()]
+    check_evaluation_counts(callbacks, datamodule)
     loggers = instantiate_group(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    plugins = [AtomicCheckpointIO()]  # a kill while a checkpoint is written leaves the previous one whole
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
     status = RunStatus(Path(cfg.paths.output_dir), enabled=trainer.is_global_zero)
-    status.write("running")
+    status.write("running", resumed_from=ckpt_path)
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     except BaseException as err:
         finish_loggers(loggers, failed=True)
-        status.write("failed", error=f"{type(err).__name__}: {err}", metrics=final_metrics(trainer))
+        record_failure(status, err, trainer, cfg)
         raise
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback is not None else ""
-    if best:
-        log.info(f"best checkpoint: {best}")
     metrics = final_metrics(trainer)
     lowest_fid = best_fid(callbacks)
     summarize_run(loggers, metrics, lowest_fid)
@@ -182,7 +224,68 @@ def train(cfg: DictConfig) -> dict[str, float]:
         best_checkpoint=best or None,
         best_fid=lowest_fid,
     )
+    data_args = [o for o in task_overrides() if o.startswith(("data=", "data.", "paths."))]
+    log.info(run_summary(metrics, best_checkpoints(callbacks), cfg.paths.output_dir, data_args))
     return metrics
+
+
+def resolve_checkpoint(ckpt_path: str | None) -> str | None:
+    """A run folder stands for its newest checkpoint (last.ckpt or on_exception.ckpt)."""
+    from genlab.preflight import newest_checkpoint
+
+    if ckpt_path and Path(ckpt_path).is_dir():
+        return str(newest_checkpoint(Path(ckpt_path)))
+    return ckpt_path
+
+
+def check_evaluation_counts(callbacks: list[Any], datamodule: Any) -> None:
+    """The evaluation's sample counts against the FID reference's size, known once the data is loaded: found
+    now, not after the first epoch."""
+    from genlab import metric_table
+    from genlab.callbacks import GenerativeEval
+
+    for callback in callbacks:
+        if isinstance(callback, GenerativeEval):
+            e = callback.evaluator
+            datamodule.prepare_data()
+            datamodule.setup("fit")
+            metric_table.check_sample_counts(e.metric_names, e.settings, e.num_samples, len(datamodule.train_set))
+
+
+def record_failure(status: RunStatus, err: BaseException, trainer: Any, cfg: DictConfig) -> None:
+    """status.json after an exception: `interrupted` (Ctrl-C, SIGTERM) with the command that resumes, or `failed`
+    with the error. An interrupted run exits with 128 + the signal's number."""
+    from genlab import interrupt
+
+    code = interrupt.exit_code()
+    if code is None:
+        status.write("failed", error=f"{type(err).__name__}: {err}", metrics=final_metrics(trainer))
+        return
+    resume = f"python train.py ckpt_path={cfg.paths.output_dir} {' '.join(task_overrides())}".strip()
+    status.write("interrupted", signal=code - 128, resume=resume, metrics=final_metrics(trainer))
+    log.warning(f"interrupted ({interrupt.Interrupted(code - 128)}); resume with: {resume}")
+    raise SystemExit(code) from None
+
+
+def task_overrides() -> list[str]:
+    """The command line's overrides, less ckpt_path and hydra.run.dir (the resume command sets both)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    return [o for o in HydraConfig.get().overrides.task if not o.startswith(("ckpt_path=", "hydra.run.dir="))]
+
+
+def best_checkpoints(callbacks: list[Any]) -> list[tuple[str, float | None, str]]:
+    """(what it ranks by, its score, path) of each checkpoint callback that kept a best model."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    found = []
+    for c in callbacks:
+        if isinstance(c, ModelCheckpoint) and c.monitor and c.best_model_path:
+            score = float(c.best_model_score) if c.best_model_score is not None else None
+            found.append((c.monitor, score, c.best_model_path))
+    return found
 
 
 def final_metrics(trainer: L.Trainer) -> dict[str, float]:
@@ -224,10 +327,10 @@ class RunStatus:
         self.record.update(status=status, **fields)
         if status != "running":
             self.record["finished"] = now()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.record, indent=2))
-        os.replace(tmp, self.path)
+        from genlab.atomic import atomic_write
+
+        text = json.dumps(self.record, indent=2).encode()
+        atomic_write(self.path, lambda f: f.write(text))
 
 
 def now() -> str:
@@ -282,11 +385,18 @@ def optimized_value(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def _main(cfg: DictConfig) -> float | None:
-    return optimized_value(cfg, train(cfg))
+    from genlab.cli import one_line_errors
+
+    with one_line_errors(cfg.paths.output_dir, stop_at=cfg.paths.log_dir):
+        return optimized_value(cfg, train(cfg))
 
 
 def main() -> float | None:
     import sys
 
+    from genlab.cli import install_override_check, resume_in_place
+
     check_plugins(sys.argv[1:])
+    install_override_check()
+    sys.argv[1:] = resume_in_place(sys.argv[1:])
     return _main()

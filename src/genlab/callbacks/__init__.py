@@ -1,7 +1,18 @@
-"""Callbacks: evaluation, sample grids and resumable RNG state."""
+"""Callbacks: evaluation, sample grids, resumable RNG state, mid-epoch checkpoints and the finite-loss guard."""
 
+from genlab.callbacks.finite_loss import DivergedError, FiniteLoss, SafeOnExceptionCheckpoint
 from genlab.callbacks.generative_eval import BestFIDCheckpoint, GenerativeEval
 from genlab.callbacks.rng_state import RNGState
 from genlab.callbacks.sample_grid import SampleGrid
+from genlab.callbacks.step_checkpoint import StepCheckpoint
 
-__all__ = ["BestFIDCheckpoint", "GenerativeEval", "RNGState", "SampleGrid"]
+__all__ = [
+    "BestFIDCheckpoint",
+    "DivergedError",
+    "FiniteLoss",
+    "GenerativeEval",
+    "RNGState",
+    "SafeOnExceptionCheckpoint",
+    "SampleGrid",
+    "StepCheckpoint",
+]

@@ -44,7 +44,7 @@ class GenerativeEval(L.Callback):
         self,
         extractor: ExtractorFactory,
         metrics: str | Sequence[str] = "default",
-        every_n_epochs: int = 1,
+        every_n_epochs: int = 5,
         dirpath: str | None = None,
         **evaluator: Any,
     ) -> None:

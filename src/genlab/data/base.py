@@ -7,13 +7,15 @@ load a split; resizing, the deterministic validation split and the loaders live 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from genlab.checks import check_positive_int
+from genlab.checks import ConfigError, check_positive_int
 
 
 class ImageTensorDataset(Dataset):
@@ -38,23 +40,50 @@ class EpochShuffleSampler(Sampler[int]):
     """A shuffle that depends on (seed, epoch) alone, like DistributedSampler's.
 
     Lightning calls `set_epoch` before every epoch, so a run resumed at epoch e sees the same order as
-    one that never stopped, and data loading draws nothing from the global RNG.
+    one that never stopped, and data loading draws nothing from the global RNG. `resume(epoch, items)` makes
+    that epoch's order start after its first `items` indices: a run resumed mid-epoch sees the rest of it.
     """
 
     def __init__(self, num_items: int, seed: int) -> None:
         self.num_items = num_items
         self.seed = seed
         self.epoch = 0
+        self._resume: tuple[int, int] | None = None  # (epoch, indices already served)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def resume(self, epoch: int, items: int) -> None:
+        self._resume = (epoch, items)
+
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.num_items, generator=generator).tolist())
+        order = torch.randperm(self.num_items, generator=generator).tolist()
+        if self._resume is not None and self._resume[0] == self.epoch:
+            order = order[self._resume[1] :]
+        self._resume = None
+        return iter(order)
 
     def __len__(self) -> int:
         return self.num_items
+
+
+class ResumableLoader(DataLoader):
+    """The training DataLoader, with the position in its epoch as state: Lightning stores `state_dict()` in every
+    checkpoint, and a run resumed from one saved mid-epoch trains on exactly the batches the interrupted run had
+    not reached (the sampler skips the rest), so its weights match an uninterrupted run's.
+
+    `batches_done` is set by the data module: the training loop's count of batches finished this epoch.
+    """
+
+    batches_done: Callable[[], int] | None = None
+
+    def state_dict(self) -> dict[str, int]:
+        done = self.batches_done() if self.batches_done is not None else 0
+        return {"epoch": self.sampler.epoch, "batches": done}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self.sampler.resume(state_dict["epoch"], state_dict["batches"] * self.batch_size)
 
 
 def resize_uint8(images: Tensor, size: int) -> Tensor:
@@ -99,7 +128,7 @@ class ImageDataModule(L.LightningDataModule):
         check_positive_int("num_workers", num_workers, allow_zero=True)
         check_positive_int("image_size", image_size)
         if not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
+            raise ConfigError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
         self.root = root
         self.image_size = image_size
         self.batch_size = batch_size
@@ -137,7 +166,7 @@ class ImageDataModule(L.LightningDataModule):
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}.setup() has not been called")
         seed = torch.initial_seed()  # the run's seed, set by seed_everything before the loaders are built
-        return DataLoader(
+        return (ResumableLoader if shuffle else DataLoader)(
             dataset,
             batch_size=self.batch_size,
             sampler=EpochShuffleSampler(len(dataset), seed) if shuffle else None,
@@ -149,7 +178,14 @@ class ImageDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+        loader = self._loader(self.train_set, shuffle=True)
+        loader.batches_done = self._batches_done
+        return loader
+
+    def _batches_done(self) -> int:
+        """Batches whose training step has finished in the current epoch (0 outside a fit)."""
+        trainer = getattr(self, "trainer", None)
+        return trainer.fit_loop.epoch_loop.batch_progress.current.processed if trainer is not None else 0
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, shuffle=False)

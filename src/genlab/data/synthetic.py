@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from genlab.checks import check_positive_int
+from genlab.checks import ConfigError, check_positive_int
 from genlab.data.base import ImageDataModule
 
 SHAPES = ("disk", "square", "cross", "ring", "diamond", "hbar", "vbar", "triangle")
@@ -75,10 +75,10 @@ class SyntheticDataModule(ImageDataModule):
         super().__init__(**kwargs)
         check_positive_int("num_samples", num_samples)
         if channels not in (1, 3):
-            raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+            raise ConfigError(f"channels must be 1 or 3, got {channels!r}")
         if not 1 <= num_classes <= len(SHAPES):
             shapes = ", ".join(SHAPES)
-            raise ValueError(f"num_classes must be between 1 and {len(SHAPES)} ({shapes}), got {num_classes!r}")
+            raise ConfigError(f"num_classes must be between 1 and {len(SHAPES)} ({shapes}), got {num_classes!r}")
         self.num_samples = num_samples
         self.channels = channels
         self.num_classes = num_classes

@@ -7,9 +7,7 @@ fail with an error that names the folder they looked in and how to provide the f
 from __future__ import annotations
 
 import logging
-import socket
 from pathlib import Path
-from urllib.parse import urlparse
 
 import numpy as np
 import torch
@@ -17,6 +15,7 @@ import torchvision
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
+from genlab.checks import ConfigError, can_reach
 from genlab.data.base import ImageDataModule
 from genlab.data.bundled import load_bundled_mnist
 
@@ -27,17 +26,6 @@ MNIST_SOURCES = ("auto", "torchvision", "bundled")
 
 class DatasetNotFoundError(FileNotFoundError):
     """The dataset's files are neither in `root` nor downloadable."""
-
-
-def can_reach(url: str, timeout: float = 3.0) -> bool:
-    """True if a TCP connection to the url's host opens within `timeout` seconds."""
-    parsed = urlparse(url)
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    try:
-        socket.create_connection((parsed.hostname, port), timeout=timeout).close()
-    except OSError:
-        return False
-    return True
 
 
 class TorchvisionDataModule(ImageDataModule):
@@ -110,7 +98,7 @@ class MNISTDataModule(TorchvisionDataModule):
 
     def __init__(self, source: str = "auto", **kwargs) -> None:
         if source not in MNIST_SOURCES:
-            raise ValueError(f"source must be one of {list(MNIST_SOURCES)}, got {source!r}")
+            raise ConfigError(f"source must be one of {list(MNIST_SOURCES)}, got {source!r}")
         super().__init__(**kwargs)
         self.source = source
         self.using_bundled = source == "bundled"

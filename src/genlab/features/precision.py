@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-import torch
+from genlab.checks import ConfigError
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 
@@ -15,7 +15,7 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 def check_precision(precision: str) -> str:
     """`precision`, or a ValueError listing the valid ones."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+        raise ConfigError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
     return precision
 
 
@@ -25,6 +25,8 @@ def precision_context(precision: str, device_type: str) -> Iterator[None]:
 
     fp32 must switch TF32 off explicitly: PyTorch allows it for cuDNN convolutions by default.
     """
+    import torch  # here, so that the config check reads PRECISIONS without the framework's import time
+
     check_precision(precision)
     # the matmul precision string, not allow_tf32: restoring "medium" through a bool would give "high"
     matmul, cudnn = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from genlab.checks import check_positive_int
+from genlab.checks import ConfigError, check_positive_int
 from genlab.models.base import GenerativeModule, check_labels, to_unit
 from genlab.models.blocks import ConvDecoder, ConvEncoder, check_image_size
 from genlab.models.gmm import fit_mixture, gather_across_ranks, sample_mixture
@@ -162,12 +162,12 @@ def check_hparams(
     check_positive_int("image_channels", image_channels)
     check_positive_int("latent_dim", latent_dim)
     if not channels or any(not isinstance(c, int) or c < 1 for c in channels):
-        raise ValueError(f"channels must be a non-empty list of positive integers, got {channels!r}")
+        raise ConfigError(f"channels must be a non-empty list of positive integers, got {channels!r}")
     check_image_size(image_size, channels)
     if latent_density not in LATENT_DENSITIES:
-        raise ValueError(f"latent_density must be one of {list(LATENT_DENSITIES)}, got {latent_density!r}")
+        raise ConfigError(f"latent_density must be one of {list(LATENT_DENSITIES)}, got {latent_density!r}")
     check_positive_int("latent_components", latent_components)
     if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr!r}")
+        raise ConfigError(f"lr must be > 0, got {lr!r}")
     if not weight_decay >= 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+        raise ConfigError(f"weight_decay must be >= 0, got {weight_decay!r}")

@@ -10,6 +10,8 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from genlab.checks import ConfigError
+
 CLASS_KEY = "genlab_model_class"
 
 
@@ -55,6 +57,10 @@ class GenerativeModule(L.LightningModule):
     """Base of every genlab model: records its class in checkpoints so `load_model` needs no config."""
 
     num_classes: int = 0
+    # What the best-by-loss checkpoint (callbacks.model_checkpoint, monitor: auto) ranks by; None where no
+    # validation loss measures sample quality (a GAN's val/loss is its discriminator's). With evaluation on,
+    # the best checkpoint by eval/fid is kept as well.
+    checkpoint_monitor: str | None = "val/loss"
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CLASS_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
@@ -64,7 +70,7 @@ def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu") 
     """Any genlab model from its checkpoint, whatever the family, in eval mode."""
     checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     if CLASS_KEY not in checkpoint:
-        raise ValueError(f"{ckpt_path} is not a genlab model checkpoint: it does not name its model class")
+        raise ConfigError(f"{ckpt_path} is not a genlab model checkpoint: it does not name its model class")
     module_name, _, class_name = checkpoint[CLASS_KEY].rpartition(".")
     cls = getattr(importlib.import_module(module_name), class_name)
     return cls.load_from_checkpoint(ckpt_path, map_location=map_location).eval()

@@ -14,12 +14,14 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from genlab.checks import ConfigError
+
 
 def check_image_size(image_size: int, channels: Sequence[int]) -> None:
     """Raise a ValueError unless `image_size` survives len(channels) halvings without remainder."""
     factor = 2 ** len(channels)
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < factor or image_size % factor:
-        raise ValueError(
+        raise ConfigError(
             f"image_size={image_size!r} cannot be handled: the network halves it {len(channels)} times "
             f"(channels={list(channels)}), so it must be a positive multiple of {factor}"
         )

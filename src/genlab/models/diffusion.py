@@ -19,8 +19,9 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
-from genlab.checks import check_positive_int
+from genlab.checks import ConfigError, check_positive_int
 from genlab.models.base import GenerativeModule, check_labels, randn, to_unit
 from genlab.models.blocks import TimeEmbedding, TimeResBlock, norm
 from genlab.models.ema import EMA
@@ -134,6 +135,8 @@ class DiffusionModule(GenerativeModule):
         num_timesteps: T, the number of diffusion steps.
         schedule: `linear` (Ho et al.) or `cosine` (Nichol & Dhariwal 2021).
         sample_steps: DDIM steps per sample (at most T); the attribute `sample_steps` can be changed after training.
+            A progress bar counts them: the attribute `sample_progress` is None (shown on a terminal only), True or
+            False; the evaluation sets it to its own `progress` while it samples.
         eta: DDIM's noise scale: 0 deterministic given the initial noise, 1 DDPM-like (attribute `eta`).
         cond_drop_prob: probability that a training label is replaced by the null label (conditional models).
         guidance_scale: classifier-free guidance s: eps_u + s (eps_c - eps_u); 1 = plain conditional, 0 =
@@ -175,6 +178,7 @@ class DiffusionModule(GenerativeModule):
         self.schedule = NoiseSchedule(num_timesteps, schedule)
         # what sample() uses unless told otherwise: change them to evaluate with another sampler
         self.sample_steps, self.eta, self.guidance_scale = sample_steps, eta, guidance_scale
+        self.sample_progress: bool | None = None  # the bar over the DDIM steps: None = on a terminal only
 
     def forward(self, x_t: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         """The predicted noise eps_theta(x_t, t, y), (B, C, S, S); y = None is the null label."""
@@ -265,7 +269,9 @@ class DiffusionModule(GenerativeModule):
         labels = labels.to(self.device) if labels is not None else None
         size = self.hparams.image_size
         x = randn((n, self.hparams.image_channels, size, size), self.device, generator)
-        for t, t_prev in zip(timesteps[:-1], timesteps[1:], strict=True):
+        pairs = zip(timesteps[:-1], timesteps[1:], strict=True)
+        disable = None if self.sample_progress is None else not self.sample_progress  # tqdm: None = if a terminal
+        for t, t_prev in tqdm(pairs, total=len(timesteps) - 1, desc="DDIM", unit="step", leave=False, disable=disable):
             x = self.denoise_step(x, t.expand(n), t_prev.expand(n), labels, eta, guidance_scale, generator)
         return to_unit(x)
 
@@ -273,9 +279,9 @@ class DiffusionModule(GenerativeModule):
 def check_sampler(eta: float, guidance_scale: float) -> None:
     """Raise a ValueError unless eta is in [0, 1] and guidance_scale >= 0."""
     if not 0 <= eta <= 1:
-        raise ValueError(f"eta must be in [0, 1] (0 = deterministic DDIM, 1 = DDPM-like), got {eta!r}")
+        raise ConfigError(f"eta must be in [0, 1] (0 = deterministic DDIM, 1 = DDPM-like), got {eta!r}")
     if not guidance_scale >= 0:
-        raise ValueError(f"guidance_scale must be >= 0 (0 = unconditional, 1 = conditional), got {guidance_scale!r}")
+        raise ConfigError(f"guidance_scale must be >= 0 (0 = unconditional, 1 = conditional), got {guidance_scale!r}")
 
 
 def check_hparams(
@@ -301,31 +307,31 @@ def check_hparams(
     check_positive_int("image_channels", image_channels)
     check_positive_int("num_classes", num_classes, allow_zero=True)
     if not channels or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in channels):
-        raise ValueError(f"channels must be a non-empty list of positive integers, got {channels!r}")
+        raise ConfigError(f"channels must be a non-empty list of positive integers, got {channels!r}")
     factor = 2 ** (len(channels) - 1)
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < factor or image_size % factor:
-        raise ValueError(
+        raise ConfigError(
             f"image_size={image_size!r} cannot be handled: the UNet halves it {len(channels) - 1} times "
             f"(channels={list(channels)}), so it must be a positive multiple of {factor}"
         )
     check_positive_int("num_res_blocks", num_res_blocks)
     if not isinstance(attention, bool):
-        raise ValueError(f"attention must be true or false, got {attention!r}")
+        raise ConfigError(f"attention must be true or false, got {attention!r}")
     if not 0 <= dropout < 1:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        raise ConfigError(f"dropout must be in [0, 1), got {dropout!r}")
     check_positive_int("num_timesteps", num_timesteps)
     if schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {list(SCHEDULES)}, got {schedule!r}")
+        raise ConfigError(f"schedule must be one of {list(SCHEDULES)}, got {schedule!r}")
     check_positive_int("sample_steps", sample_steps)
     if sample_steps > num_timesteps:
-        raise ValueError(f"sample_steps must be at most num_timesteps={num_timesteps}, got {sample_steps}")
+        raise ConfigError(f"sample_steps must be at most num_timesteps={num_timesteps}, got {sample_steps}")
     check_sampler(eta, guidance_scale)
     if not 0 <= cond_drop_prob < 1:
-        raise ValueError(f"cond_drop_prob must be in [0, 1), got {cond_drop_prob!r}")
+        raise ConfigError(f"cond_drop_prob must be in [0, 1), got {cond_drop_prob!r}")
     if not 0 <= ema_decay < 1:
-        raise ValueError(f"ema_decay must be in [0, 1) (0 = no EMA), got {ema_decay!r}")
+        raise ConfigError(f"ema_decay must be in [0, 1) (0 = no EMA), got {ema_decay!r}")
     check_positive_int("ema_start", ema_start, allow_zero=True)
     if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr!r}")
+        raise ConfigError(f"lr must be > 0, got {lr!r}")
     if not weight_decay >= 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+        raise ConfigError(f"weight_decay must be >= 0, got {weight_decay!r}")

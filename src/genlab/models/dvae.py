@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genlab.checks import check_positive_int
+from genlab.checks import ConfigError, check_positive_int
 from genlab.models.base import GenerativeModule, check_labels
 from genlab.models.blocks import check_image_size, norm
 
@@ -360,10 +360,10 @@ def check_autoencoder_hparams(
     check_positive_int("num_classes", num_classes, allow_zero=True)
     check_positive_int("num_tokens", num_tokens)
     if num_tokens < 2:
-        raise ValueError(f"num_tokens must be at least 2, got {num_tokens!r}")
+        raise ConfigError(f"num_tokens must be at least 2, got {num_tokens!r}")
     check_positive_int("code_dim", code_dim)
     if not channels or any(not isinstance(c, int) or c < 1 for c in channels):
-        raise ValueError(f"channels must be a non-empty list of positive integers, got {channels!r}")
+        raise ConfigError(f"channels must be a non-empty list of positive integers, got {channels!r}")
     check_image_size(image_size, channels)
     check_positive_int("num_res_blocks", num_res_blocks, allow_zero=True)
 
@@ -373,17 +373,17 @@ def check_training_hparams(
 ) -> None:
     """Raise a ValueError naming the first invalid hyperparameter of the training and what is allowed."""
     if not temperature_start > 0:
-        raise ValueError(f"temperature_start must be > 0, got {temperature_start!r}")
+        raise ConfigError(f"temperature_start must be > 0, got {temperature_start!r}")
     if not 0 < temperature_end <= temperature_start:
-        raise ValueError(
+        raise ConfigError(
             f"temperature_end must be in (0, temperature_start={temperature_start}], got {temperature_end!r}"
         )
     check_positive_int("anneal_steps", anneal_steps)
     if not kl_weight >= 0:
-        raise ValueError(f"kl_weight must be >= 0, got {kl_weight!r}")
+        raise ConfigError(f"kl_weight must be >= 0, got {kl_weight!r}")
     for name, value in (("lr", lr), ("prior_lr", prior_lr)):
         if not value > 0:
-            raise ValueError(f"{name} must be > 0, got {value!r}")
+            raise ConfigError(f"{name} must be > 0, got {value!r}")
 
 
 def check_prior_hparams(prior_dim: int, prior_layers: int, prior_heads: int, prior_dropout: float) -> None:
@@ -392,6 +392,6 @@ def check_prior_hparams(prior_dim: int, prior_layers: int, prior_heads: int, pri
     check_positive_int("prior_layers", prior_layers)
     check_positive_int("prior_heads", prior_heads)
     if prior_dim % prior_heads:
-        raise ValueError(f"prior_heads={prior_heads} must divide prior_dim={prior_dim}")
+        raise ConfigError(f"prior_heads={prior_heads} must divide prior_dim={prior_dim}")
     if not 0 <= prior_dropout < 1:
-        raise ValueError(f"prior_dropout must be in [0, 1), got {prior_dropout!r}")
+        raise ConfigError(f"prior_dropout must be in [0, 1), got {prior_dropout!r}")

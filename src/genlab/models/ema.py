@@ -14,6 +14,8 @@ from __future__ import annotations
 import lightning as L
 from lightning.pytorch.callbacks import EMAWeightAveraging
 
+from genlab.checks import ConfigError
+
 
 class EMA(EMAWeightAveraging):
     """`EMAWeightAveraging(decay, update_starting_at_step=start_step)` that does nothing before its first update.
@@ -26,9 +28,9 @@ class EMA(EMAWeightAveraging):
 
     def __init__(self, decay: float = 0.999, start_step: int = 0, use_buffers: bool = True) -> None:
         if not 0.0 <= decay < 1.0:
-            raise ValueError(f"EMA decay must be in [0, 1), got {decay!r}")
+            raise ConfigError(f"EMA decay must be in [0, 1), got {decay!r}")
         if start_step < 0:
-            raise ValueError(f"EMA start_step must be >= 0, got {start_step!r}")
+            raise ConfigError(f"EMA start_step must be >= 0, got {start_step!r}")
         super().__init__(decay=decay, update_starting_at_step=start_step, use_buffers=use_buffers)
 
     def has_average(self) -> bool:

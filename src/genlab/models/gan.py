@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm as add_spectral_norm
 
-from genlab.checks import check_positive_int
+from genlab.checks import ConfigError, check_positive_int
 from genlab.models.base import GenerativeModule, check_labels, randn, to_unit
 from genlab.models.blocks import check_image_size, norm
 from genlab.models.ema import EMA
@@ -185,6 +185,8 @@ class GANModule(GenerativeModule):
         ema_start: generator steps before the average starts (it starts as a copy of the weights then).
     """
 
+    checkpoint_monitor = None  # val/loss is the discriminator's: lower is not better samples
+
     def __init__(
         self,
         image_channels: int = 1,
@@ -298,22 +300,22 @@ def check_hparams(
     check_positive_int("num_classes", num_classes, allow_zero=True)
     check_positive_int("latent_dim", latent_dim)
     if not channels or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in channels):
-        raise ValueError(f"channels must be a non-empty list of positive integers, got {channels!r}")
+        raise ConfigError(f"channels must be a non-empty list of positive integers, got {channels!r}")
     check_image_size(image_size, channels)
     if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {list(LOSSES)}, got {loss!r}")
+        raise ConfigError(f"loss must be one of {list(LOSSES)}, got {loss!r}")
     for name, value in (("lr_g", lr_g), ("lr_d", lr_d)):
         if not value > 0:
-            raise ValueError(f"{name} must be > 0, got {value!r}")
+            raise ConfigError(f"{name} must be > 0, got {value!r}")
     check_positive_int("n_critic", n_critic)
     if not gp_weight >= 0:
-        raise ValueError(f"gp_weight must be >= 0, got {gp_weight!r}")
+        raise ConfigError(f"gp_weight must be >= 0, got {gp_weight!r}")
 
 
 def check_training_hparams(d_norm: str, ema_decay: float, ema_start: int) -> None:
     """Raise a ValueError for an unknown discriminator norm or a bad weight-average setting."""
     if d_norm not in D_NORMS:
-        raise ValueError(f"d_norm must be one of {list(D_NORMS)}, got {d_norm!r}")
+        raise ConfigError(f"d_norm must be one of {list(D_NORMS)}, got {d_norm!r}")
     if not 0 <= ema_decay < 1:
-        raise ValueError(f"ema_decay must be in [0, 1) (0 turns averaging off), got {ema_decay!r}")
+        raise ConfigError(f"ema_decay must be in [0, 1) (0 turns averaging off), got {ema_decay!r}")
     check_positive_int("ema_start", ema_start, allow_zero=True)

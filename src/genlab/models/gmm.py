@@ -21,7 +21,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from genlab.checks import check_positive_int
+from genlab.checks import ConfigError, check_positive_int
 from genlab.models.base import GenerativeModule, check_labels, randn, to_unit
 
 COVARIANCES = ("full", "diag")
@@ -415,11 +415,11 @@ def check_hparams(
     check_positive_int("num_classes", num_classes, allow_zero=True)
     check_positive_int("num_components", num_components)
     if covariance not in COVARIANCES:
-        raise ValueError(f"covariance must be one of {list(COVARIANCES)}, got {covariance!r}")
+        raise ConfigError(f"covariance must be one of {list(COVARIANCES)}, got {covariance!r}")
     if pca_dim is not None:
         check_positive_int("pca_dim", pca_dim)
         pixels = image_channels * image_size**2
         if pca_dim > pixels:
-            raise ValueError(f"pca_dim must be null or at most channels * image_size**2 = {pixels}, got {pca_dim}")
+            raise ConfigError(f"pca_dim must be null or at most channels * image_size**2 = {pixels}, got {pca_dim}")
     if not reg_covar > 0:
-        raise ValueError(f"reg_covar must be > 0, got {reg_covar!r}")
+        raise ConfigError(f"reg_covar must be > 0, got {reg_covar!r}")

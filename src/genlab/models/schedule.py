@@ -16,7 +16,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from genlab.checks import check_positive_int
+from genlab.checks import ConfigError, check_positive_int
 
 SCHEDULES = ("linear", "cosine")
 MAX_BETA = 0.999  # Nichol & Dhariwal clip the cosine schedule's betas here: beta near 1 makes the last step singular
@@ -41,7 +41,7 @@ def make_betas(schedule: str, num_timesteps: int) -> Tensor:
     if schedule == "cosine":
         f = cosine_alpha_bar(torch.arange(num_timesteps + 1, dtype=torch.float64) / num_timesteps)
         return (1 - f[1:] / f[:-1]).clamp(max=MAX_BETA)
-    raise ValueError(f"schedule must be one of {list(SCHEDULES)}, got {schedule!r}")
+    raise ConfigError(f"schedule must be one of {list(SCHEDULES)}, got {schedule!r}")
 
 
 def per_sample(values: Tensor, x: Tensor) -> Tensor:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genlab.checks import check_positive_int
+from genlab.checks import ConfigError, check_positive_int
 from genlab.models.base import GenerativeModule, check_labels, randn, to_unit
 from genlab.models.blocks import ConvDecoder, ConvEncoder, check_image_size
 
@@ -141,11 +141,11 @@ def check_hparams(
     check_positive_int("image_channels", image_channels)
     check_positive_int("latent_dim", latent_dim)
     if not channels or any(not isinstance(c, int) or c < 1 for c in channels):
-        raise ValueError(f"channels must be a non-empty list of positive integers, got {channels!r}")
+        raise ConfigError(f"channels must be a non-empty list of positive integers, got {channels!r}")
     check_image_size(image_size, channels)
     if likelihood not in LIKELIHOODS:
-        raise ValueError(f"likelihood must be one of {list(LIKELIHOODS)}, got {likelihood!r}")
+        raise ConfigError(f"likelihood must be one of {list(LIKELIHOODS)}, got {likelihood!r}")
     if not beta >= 0:
-        raise ValueError(f"beta must be >= 0, got {beta!r}")
+        raise ConfigError(f"beta must be >= 0, got {beta!r}")
     if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr!r}")
+        raise ConfigError(f"lr must be > 0, got {lr!r}")
