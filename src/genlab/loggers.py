@@ -92,9 +92,9 @@ def summarize_run(loggers: list, metrics: dict[str, float], best_fid: float | No
 def run_summary(
     metrics: dict[str, float], best: list[tuple[str, float | None, str]], run_dir: str, data_args: list[str]
 ) -> str:
-    """The end of a run on the terminal: its final eval/val/train numbers, the best checkpoints and the commands
-    that resume or evaluate it."""
-    shown = {k: v for k, v in sorted(metrics.items()) if k.split("/")[0] in ("eval", "val", "train")}
+    """The end of a run on the terminal: its final eval/* numbers and losses, the best checkpoints and the
+    commands that train on or evaluate it."""
+    shown = {k: v for k, v in sorted(metrics.items()) if k.startswith("eval/") or k in ("train/loss", "val/loss")}
     width = max((len(k) for k in shown), default=0)
     lines = [f"run finished: {run_dir}", *(f"  {k:<{width}}  {v:12.5g}" for k, v in shown.items())]
     for monitor, score, path in best:
