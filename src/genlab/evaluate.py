@@ -56,17 +56,18 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     evaluator = instantiate(node).evaluator
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dm = instantiate(cfg.data)
-    dm.prepare_data()
-    dm.setup("fit")
     if ckpt_path:
-        scores = evaluator.evaluate(dm, device, model=load_checkpoint_model(ckpt_path, device))
+        model = load_checkpoint_model(ckpt_path, device)  # read before the data and the extractor are built
     else:
         images, problems = load_image_folder(fake_dir, dm.image_shape, evaluator.num_samples, on_bad)
         if problems:
             log.warning(f"eval.fake_dir={fake_dir}: skipped {len(problems)} bad file(s) (eval.on_bad_file=stop stops):")
             for line in problems[:20]:
                 log.warning(f"  {line}")
-        scores = evaluator.evaluate(dm, device, images=images)
+    dm.prepare_data()
+    dm.setup("fit")
+    source = {"model": model} if ckpt_path else {"images": images}
+    scores = evaluator.evaluate(dm, device, **source)
     results, e = scores.metrics, evaluator.extractor
     if not results:
         reasons = "; ".join(f"{name} {why}" for name, why in evaluator.skipped.items())
