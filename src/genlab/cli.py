@@ -65,14 +65,18 @@ def remove_unstarted(run_dir: Path, stop_at: Path | None) -> None:
 def resume_in_place(argv: list[str]) -> list[str]:
     """`ckpt_path=<run folder>` (or a checkpoint in its checkpoints/) continues in that folder: `hydra.run.dir`
     is set to it, unless the command line sets it or runs a sweep. Its csv log and status.json carry on."""
+    run = resume_folder(argv)
+    return argv if run is None else [*argv, f"hydra.run.dir='{run}'"]
+
+
+def resume_folder(argv: list[str]) -> Path | None:
+    """The run folder that `resume_in_place` continues in, None where it leaves the command line as it is."""
     ckpt = next((a.split("=", 1)[1] for a in argv if a.startswith("ckpt_path=")), None)
     if not ckpt or any(a.startswith("hydra.run.dir=") for a in argv) or {"-m", "--multirun"} & set(argv):
-        return argv
+        return None
     path = Path(ckpt)
     run = path if path.is_dir() else path.parent.parent if path.parent.name == "checkpoints" else None
-    if run is None or not (run / ".hydra").is_dir():
-        return argv
-    return [*argv, f"hydra.run.dir='{run}'"]
+    return run if run is not None and (run / ".hydra").is_dir() else None
 
 
 def unknown_key_message(key: str, cfg: DictConfig) -> str | None:
@@ -90,7 +94,7 @@ def unknown_key_message(key: str, cfg: DictConfig) -> str | None:
     valid = sorted({*(params.defaults if params else ()), *parent.keys()} - set(HYDRA_KEYS))
     if parent.get("_partial_"):
         valid = [v for v in valid if v not in EXTRACTOR_CALL]
-    if params is not None and leaf in valid:
+    if params is not None and (leaf in valid or params.var_keyword):
         return None
     return f"{key} is not a setting{f' of {target}' if target else ''}{did_you_mean(leaf, valid)}; valid: {valid}"
 
@@ -101,7 +105,7 @@ def has_key(cfg: DictConfig, key: str) -> bool:
     for part in key.split("."):
         if not isinstance(node, DictConfig):
             return False
-        node = node._get_node(part)
+        node = node._get_node(part, validate_access=False)  # struct mode would raise for a missing key
         if node is None:
             return False
     return True
@@ -124,8 +128,11 @@ def install_override_check() -> None:
             if override.type != OverrideType.CHANGE or override.package or has_key(cfg, key):
                 continue
             message = unknown_key_message(key, cfg)
-            if message is not None:
+            if message is not None and full_trace():
                 raise ConfigCompositionException(message)
+            if message is not None:  # as `one_line_errors` does; Hydra would add a hint and exit 1
+                print(f"error: {message}", file=sys.stderr)
+                raise SystemExit(EXIT_CONFIG_ERROR)
             override.type = OverrideType.ADD
         original(overrides, cfg)
 

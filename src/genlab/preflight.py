@@ -4,8 +4,9 @@ second, so that a typo costs one line instead of an epoch.
 Each node with a `_target_` (model, data, trainer, every callback and logger, eval and its extractor) is checked
 against the parameters of the class it builds, read from that class's source (`genlab.signatures`): an unknown
 key fails with the closest valid one and the list, a value of the wrong type or a count below one fails with
-the value. The eval node also answers to the metric table (names, settings and their rules, sample counts), and
-an extractor's weights must be on disk or downloadable. What needs the framework (reading the checkpoint, the
+the value. A fixed `model.num_classes` must cover the data's classes. The eval node also answers to the metric
+table (names, settings and their rules, sample counts), and an extractor's weights must be on disk or
+downloadable. What needs the framework (reading the checkpoint, the
 constructors' own checks, the reference split's size) is checked by the entry point right after, still before
 the first batch.
 """
@@ -21,7 +22,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from genlab.checks import ConfigError, check_positive_int, did_you_mean
-from genlab.signatures import NO_DEFAULT, Parameters, module_constant, target_parameters
+from genlab.signatures import NO_DEFAULT, Parameters, class_attribute, module_constant, target_parameters
 
 HYDRA_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_", "_args_")
 DATA_DECIDES = ("image_channels", "image_size", "num_classes")  # the entry point fills these from the data
@@ -34,6 +35,7 @@ def check_train_config(cfg: DictConfig) -> None:
     """Raise a ConfigError for the first problem of a composed training config."""
     for group in ("data", "model", "trainer"):
         check_node(group, cfg.get(group), skip_types=DATA_DECIDES if group == "model" else ())
+    check_class_count(cfg.get("model"), cfg.get("data"))
     for group in ("callbacks", "logger"):
         for name, node in (cfg.get(group) or {}).items():
             check_node(f"{group}.{name}", node)
@@ -94,6 +96,35 @@ def check_value(full_key: str, value: Any, params: Parameters, key: str) -> None
             raise ConfigError(f"{full_key} must be {annotation}{example}, got {value!r}")
     if key in params.positive and value is not None:
         check_positive_int(full_key, value, allow_zero=params.positive[key])
+
+
+def check_class_count(model: Any, data: Any) -> None:
+    """`model.num_classes` is `auto` (the data's count) or a count: 0 for an unconditional model, else at least
+    the data's classes, whose labels a smaller one could not embed."""
+    classes = model.get("num_classes") if isinstance(model, DictConfig) else None
+    if classes is None or classes == "auto":
+        return
+    if isinstance(classes, bool) or not isinstance(classes, int) or classes < 0:
+        raise ConfigError(f"model.num_classes must be auto (the data's), 0 (unconditional) or a count, got {classes!r}")
+    data_classes = data_class_count(data)
+    if 0 < classes < data_classes:
+        raise ConfigError(
+            f"model.num_classes={classes} is less than the {data_classes} classes of {data._target_}: their labels "
+            f"would not fit; use model.num_classes=auto (the data's count)"
+        )
+
+
+def data_class_count(data: Any) -> int:
+    """The data's class count, from its config or its class (`num_classes = 10`, read statically); 0 if unknown."""
+    if not isinstance(data, DictConfig) or "_target_" not in data:
+        return 0
+    count = data.get("num_classes")
+    if count is None:
+        params = target_parameters(data._target_)
+        count = params.defaults.get("num_classes", NO_DEFAULT) if params else NO_DEFAULT
+    if count is NO_DEFAULT or count is None:
+        count = class_attribute(data._target_, "num_classes")
+    return count if isinstance(count, int) and not isinstance(count, bool) else 0
 
 
 def eval_parameters(node: DictConfig) -> Parameters:

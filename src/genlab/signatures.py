@@ -3,8 +3,9 @@
 Importing a model or Lightning's Trainer costs the framework's import time (about 7 s on two CPU cores); the
 config check that runs before it reads the same `__init__` statically instead, with `ast`: its parameter names,
 their defaults (where they are literals), whether it takes `**kwargs`, and the `check_positive_int` calls at
-the top of its body. Names re-exported by a package's `__init__.py` (`lightning.pytorch.Trainer`) are followed
-to the module that defines them, and a class without its own `__init__` to its first base.
+the top of its body; and class-level constants (`num_classes = 10`). Names re-exported by a package's
+`__init__.py` (`lightning.pytorch.Trainer`) are followed to the module that defines them, and a class without
+its own `__init__` to its first base.
 """
 
 from __future__ import annotations
@@ -89,6 +90,8 @@ def annotation(node: ast.AST | None) -> str | None:
     """'int', 'float', 'bool', 'str', optionally + ' | None', for the annotations worth checking; else None."""
     text = ast.unparse(node) if node is not None else ""
     text = text.strip("'\"")
+    if text.startswith("Optional[") and text.endswith("]"):  # Lightning's spelling of `int | None`
+        text = f"{text[len('Optional[') : -1]} | None"
     base = text.removesuffix(" | None")
     return text if base in ("int", "float", "bool", "str") else None
 
@@ -180,6 +183,22 @@ def base_parameters(module: str, node: ast.ClassDef) -> Parameters | None:
     short = base_name.rpartition(".")[2]
     resolved = find_definition(module, short)
     return target_parameters(f"{resolved[0]}.{resolved[1].name}") if resolved else None
+
+
+def class_attribute(target: str, name: str) -> Any:
+    """The literal class-level `name = <literal>` (or `name: T = <literal>`) of the class `target`, looked up
+    through its first bases as Python would; NO_DEFAULT where none is found."""
+    module, _, class_name = target.rpartition(".")
+    found = find_definition(module, class_name) if module else None
+    if found is None or not isinstance(found[1], ast.ClassDef):
+        return NO_DEFAULT
+    where, node = found
+    for statement in node.body:
+        targets = statement.targets if isinstance(statement, ast.Assign) else [getattr(statement, "target", None)]
+        if isinstance(statement, (ast.Assign, ast.AnnAssign)) and any(getattr(t, "id", None) == name for t in targets):
+            return literal(statement.value)
+    base = find_definition(where, ast.unparse(node.bases[0]).rpartition(".")[2]) if node.bases else None
+    return class_attribute(f"{base[0]}.{base[1].name}", name) if base else NO_DEFAULT
 
 
 def module_constant(module: str, name: str) -> Any:

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from genlab.checks import ConfigError, check_positive_int
-from genlab.data.base import ImageDataModule
+from genlab.data.base import ImageDataModule, check_split
 
 SHAPES = ("disk", "square", "cross", "ring", "diamond", "hbar", "vbar", "triangle")
 
@@ -74,6 +74,7 @@ class SyntheticDataModule(ImageDataModule):
     ) -> None:
         super().__init__(**kwargs)
         check_positive_int("num_samples", num_samples)
+        check_split(num_samples, self.val_fraction)  # known now, not only once the images are made
         if channels not in (1, 3):
             raise ConfigError(f"channels must be 1 or 3, got {channels!r}")
         if not 1 <= num_classes <= len(SHAPES):

@@ -19,7 +19,7 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 
 from genlab.checks import ConfigError, check_positive_int
 from genlab.models.base import GenerativeModule, check_labels, to_unit
-from genlab.models.blocks import ConvDecoder, ConvEncoder, check_image_size
+from genlab.models.blocks import ConvDecoder, ConvEncoder, check_channels, check_image_size
 from genlab.models.gmm import fit_mixture, gather_across_ranks, sample_mixture
 
 LATENT_DENSITIES = ("gaussian", "gmm")
@@ -161,8 +161,7 @@ def check_hparams(
     """Raise a ValueError naming the first invalid hyperparameter and what is allowed."""
     check_positive_int("image_channels", image_channels)
     check_positive_int("latent_dim", latent_dim)
-    if not channels or any(not isinstance(c, int) or c < 1 for c in channels):
-        raise ConfigError(f"channels must be a non-empty list of positive integers, got {channels!r}")
+    check_channels(channels)
     check_image_size(image_size, channels)
     if latent_density not in LATENT_DENSITIES:
         raise ConfigError(f"latent_density must be one of {list(LATENT_DENSITIES)}, got {latent_density!r}")

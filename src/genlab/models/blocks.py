@@ -27,8 +27,27 @@ def check_image_size(image_size: int, channels: Sequence[int]) -> None:
         )
 
 
+def check_channels(channels: Sequence[int]) -> None:
+    """Raise a ConfigError unless `channels` is a non-empty list of positive integers that `norm` can split into
+    groups (GroupNorm needs a width divisible by its group count, min(32, width // 4))."""
+    if not channels or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in channels):
+        raise ConfigError(f"channels must be a non-empty list of positive integers, got {channels!r}")
+    for width in channels:
+        if width % norm_groups(width):
+            fits = [w for w in range(width - 1, 0, -1) if not w % norm_groups(w)][:1]
+            fits += [w for w in range(width + 1, 2 * width + 2) if not w % norm_groups(w)][:1]
+            raise ConfigError(
+                f"channels={list(channels)} give a width that GroupNorm cannot split: {width} is not a multiple of "
+                f"its min(32, width // 4) = {norm_groups(width)} groups; use e.g. {' or '.join(map(str, fits))}"
+            )
+
+
+def norm_groups(num_channels: int) -> int:
+    return min(32, num_channels // 4) or 1
+
+
 def norm(num_channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(min(32, num_channels // 4) or 1, num_channels)
+    return nn.GroupNorm(norm_groups(num_channels), num_channels)
 
 
 class ConvEncoder(nn.Module):

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from genlab.checks import ConfigError, check_positive_int
 from genlab.models.base import GenerativeModule, check_labels, randn, to_unit
-from genlab.models.blocks import TimeEmbedding, TimeResBlock, norm
+from genlab.models.blocks import TimeEmbedding, TimeResBlock, check_channels, norm
 from genlab.models.ema import EMA
 from genlab.models.schedule import SCHEDULES, NoiseSchedule
 
@@ -173,8 +173,8 @@ class DiffusionModule(GenerativeModule):
         self.num_classes = num_classes
         try:
             self.unet = UNet(image_channels, channels, num_res_blocks, attention, dropout, num_classes)
-        except ValueError as err:  # GroupNorm needs widths it can split into groups (norm() picks width // 4 <= 32)
-            raise ValueError(f"channels={list(channels)} give a width that GroupNorm cannot split: {err}") from err
+        except ValueError as err:  # a width on the way up (a stage's plus its skip's) that GroupNorm cannot split
+            raise ConfigError(f"channels={list(channels)} give a width that GroupNorm cannot split: {err}") from None
         self.schedule = NoiseSchedule(num_timesteps, schedule)
         # what sample() uses unless told otherwise: change them to evaluate with another sampler
         self.sample_steps, self.eta, self.guidance_scale = sample_steps, eta, guidance_scale
@@ -306,8 +306,7 @@ def check_hparams(
     """Raise a ValueError naming the first invalid hyperparameter and what is allowed."""
     check_positive_int("image_channels", image_channels)
     check_positive_int("num_classes", num_classes, allow_zero=True)
-    if not channels or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in channels):
-        raise ConfigError(f"channels must be a non-empty list of positive integers, got {channels!r}")
+    check_channels(channels)
     factor = 2 ** (len(channels) - 1)
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < factor or image_size % factor:
         raise ConfigError(

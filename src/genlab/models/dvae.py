@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from genlab.checks import ConfigError, check_positive_int
 from genlab.models.base import GenerativeModule, check_labels
-from genlab.models.blocks import check_image_size, norm
+from genlab.models.blocks import check_channels, check_image_size, norm
 
 
 class ResBlock(nn.Module):
@@ -362,8 +362,7 @@ def check_autoencoder_hparams(
     if num_tokens < 2:
         raise ConfigError(f"num_tokens must be at least 2, got {num_tokens!r}")
     check_positive_int("code_dim", code_dim)
-    if not channels or any(not isinstance(c, int) or c < 1 for c in channels):
-        raise ConfigError(f"channels must be a non-empty list of positive integers, got {channels!r}")
+    check_channels(channels)
     check_image_size(image_size, channels)
     check_positive_int("num_res_blocks", num_res_blocks, allow_zero=True)
 

@@ -27,7 +27,7 @@ from torch.nn.utils.parametrizations import spectral_norm as add_spectral_norm
 
 from genlab.checks import ConfigError, check_positive_int
 from genlab.models.base import GenerativeModule, check_labels, randn, to_unit
-from genlab.models.blocks import check_image_size, norm
+from genlab.models.blocks import check_channels, check_image_size, norm
 from genlab.models.ema import EMA
 
 
@@ -299,8 +299,7 @@ def check_hparams(
     check_positive_int("image_channels", image_channels)
     check_positive_int("num_classes", num_classes, allow_zero=True)
     check_positive_int("latent_dim", latent_dim)
-    if not channels or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in channels):
-        raise ConfigError(f"channels must be a non-empty list of positive integers, got {channels!r}")
+    check_channels(channels)
     check_image_size(image_size, channels)
     if loss not in LOSSES:
         raise ConfigError(f"loss must be one of {list(LOSSES)}, got {loss!r}")

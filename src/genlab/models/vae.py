@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from genlab.checks import ConfigError, check_positive_int
 from genlab.models.base import GenerativeModule, check_labels, randn, to_unit
-from genlab.models.blocks import ConvDecoder, ConvEncoder, check_image_size
+from genlab.models.blocks import ConvDecoder, ConvEncoder, check_channels, check_image_size
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 
@@ -140,8 +140,7 @@ def check_hparams(
     """Raise a ValueError naming the first invalid hyperparameter and what is allowed."""
     check_positive_int("image_channels", image_channels)
     check_positive_int("latent_dim", latent_dim)
-    if not channels or any(not isinstance(c, int) or c < 1 for c in channels):
-        raise ConfigError(f"channels must be a non-empty list of positive integers, got {channels!r}")
+    check_channels(channels)
     check_image_size(image_size, channels)
     if likelihood not in LIKELIHOODS:
         raise ConfigError(f"likelihood must be one of {list(LIKELIHOODS)}, got {likelihood!r}")
