@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -109,3 +113,52 @@ class CrashAt:
                     raise RuntimeError(f"planned crash at epoch {epoch}, batch {batch}")
 
         return _Crash()
+
+
+class KillAt(L.Callback):
+    """SIGKILL this process once the training step that brings `global_step` to `step` has finished (its
+    checkpoints written): a crash that no handler sees, at a known point."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if trainer.global_step == self.step:  # every hook of step `step` has run, the next one has not started
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class StallEvalSampling(L.Callback):
+    """Make the evaluation's first `sample()` call write `marker` and then sleep for up to `seconds`: a test waits
+    for the file and signals the process while it is sampling. Once the marker exists (a resumed run), nothing."""
+
+    def __init__(self, marker: str, seconds: float = 60.0) -> None:
+        self.marker, self.seconds = Path(marker), seconds
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        sample = pl_module.sample
+
+        def stalling_sample(*args, **kwargs):
+            from_evaluator = sys._getframe(1).f_code.co_name == "sample_batch"  # genlab.feature_sets
+            if from_evaluator and not self.marker.exists():
+                self.marker.write_text(str(os.getpid()))
+                deadline = time.monotonic() + self.seconds
+                while time.monotonic() < deadline:
+                    time.sleep(0.05)
+            return sample(*args, **kwargs)
+
+        pl_module.sample = stalling_sample
+
+
+class PoisonAt(L.Callback):
+    """Fill every parameter with NaN before the training steps that start at the given `global_step`s: the loss
+    of those steps is NaN (as if the run had diverged there)."""
+
+    def __init__(self, steps: list[int]) -> None:
+        self.steps = set(steps)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if trainer.global_step in self.steps:
+            self.steps.discard(trainer.global_step)
+            with torch.no_grad():
+                for p in pl_module.parameters():
+                    p.fill_(float("nan"))

@@ -7,9 +7,11 @@ first, then the data and model (whose constructors validate their arguments), th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import shlex
 import socket
 import warnings
 from datetime import datetime, timezone
@@ -23,6 +25,8 @@ from omegaconf import DictConfig, OmegaConf
 from genlab.checks import ConfigError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     import lightning as L
 
 # torch and Lightning are imported inside the functions: a typo in a config choice or `--help` then
@@ -76,13 +80,21 @@ def check_not_finished(path: str, checkpoint: dict[str, Any], trainer_cfg: DictC
     if max_steps != -1 and steps >= max_steps:
         raise ConfigError(
             f"ckpt_path={path}: that run already trained its {steps} step(s) (trainer.max_steps={max_steps}); "
-            f"to train on, raise it: python train.py ckpt_path={path} trainer.max_steps={2 * steps}"
+            f"to train on, raise it: {train_on_command(path, f'trainer.max_steps={2 * steps}')}"
         )
     if max_steps == -1 and max_epochs not in (None, -1) and epochs >= max_epochs:
         raise ConfigError(
             f"ckpt_path={path}: that run already trained its {epochs} epoch(s) (trainer.max_epochs={max_epochs}); "
-            f"to train on, raise it: python train.py ckpt_path={path} trainer.max_epochs={epochs + max(epochs, 1)}"
+            f"to train on, raise it: {train_on_command(path, f'trainer.max_epochs={epochs + max(epochs, 1)}')}"
         )
+
+
+def train_on_command(path: str, setting: str) -> str:
+    """This command line resumed from `path` with `setting` (`trainer.max_epochs=4`) in place of its own value: a
+    checkpoint holds no config, so the data and model overrides must come again."""
+    key = setting.split("=", 1)[0]
+    overrides = [o for o in task_overrides() if o.split("=", 1)[0].lstrip("+~") != key]
+    return shlex.join(["python", "train.py", f"ckpt_path={path}", *overrides, setting])
 
 
 def instantiate_group(group: DictConfig | None) -> list[Any]:
@@ -261,7 +273,7 @@ def record_failure(status: RunStatus, err: BaseException, trainer: Any, cfg: Dic
     if code is None:
         status.write("failed", error=f"{type(err).__name__}: {err}", metrics=final_metrics(trainer))
         return
-    resume = f"python train.py ckpt_path={cfg.paths.output_dir} {' '.join(task_overrides())}".strip()
+    resume = shlex.join(["python", "train.py", f"ckpt_path={cfg.paths.output_dir}", *task_overrides()])  # pastes as is
     status.write("interrupted", signal=code - 128, resume=resume, metrics=final_metrics(trainer))
     log.warning(f"interrupted ({interrupt.Interrupted(code - 128)}); resume with: {resume}")
     raise SystemExit(code) from None
@@ -394,9 +406,36 @@ def _main(cfg: DictConfig) -> float | None:
 def main() -> float | None:
     import sys
 
-    from genlab.cli import install_override_check, resume_in_place
+    from genlab.cli import install_override_check, resume_folder, resume_in_place
 
     check_plugins(sys.argv[1:])
     install_override_check()
+    run = resume_folder(sys.argv[1:])
     sys.argv[1:] = resume_in_place(sys.argv[1:])
-    return _main()
+    with unchanged_unless_started(run):
+        return _main()
+
+
+@contextlib.contextmanager
+def unchanged_unless_started(run_dir: Path | None) -> Iterator[None]:
+    """A resume in `run_dir` that stops before it starts training (a finished run, a bad checkpoint) leaves the
+    folder as it was: Hydra has rewritten its .hydra/ record and added to train.log before any check could run."""
+    if run_dir is None:
+        yield
+        return
+    record = {p: p.read_bytes() for p in (run_dir / ".hydra").glob("*")}
+    log_file, status = run_dir / "train.log", run_dir / "status.json"
+    log_size = log_file.stat().st_size if log_file.is_file() else 0
+    status_before = status.read_bytes() if status.is_file() else None
+    try:
+        yield
+    except SystemExit as err:
+        started = (status.read_bytes() if status.is_file() else None) != status_before  # it wrote `running`
+        if err.code not in (None, 0) and not started:
+            for path in set((run_dir / ".hydra").glob("*")) - set(record):
+                path.unlink()
+            for path, data in record.items():
+                path.write_bytes(data)
+            if log_file.is_file():
+                os.truncate(log_file, log_size)
+        raise

@@ -105,9 +105,32 @@ def non_finite_losses(outputs: Any, logged: dict[str, Any]) -> dict[str, float]:
 
 
 class SafeOnExceptionCheckpoint(OnExceptionCheckpoint):
-    """Lightning's on-exception checkpoint, except for a diverged run: its weights are the NaN ones."""
+    """Lightning's on-exception checkpoint, except for a diverged run: its weights are the NaN ones. One written
+    during the epoch's validation resumes into that validation again, whole: Lightning's counters would say it had
+    finished once its last batch had, and the resumed run would skip the evaluation (and the checkpoints and grids)
+    of the validation's end, where a SIGTERM most often lands."""
+
+    _in_validation = False
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if isinstance(exception, DivergedError):
             return
-        super().on_exception(trainer, pl_module, exception)
+        self._in_validation = trainer.state.fn == "fit" and trainer.validating and not trainer.sanity_checking
+        try:
+            super().on_exception(trainer, pl_module, exception)
+        finally:
+            self._in_validation = False
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        if self._in_validation:
+            restart_validation(checkpoint["loops"]["fit_loop"])
+
+
+def restart_validation(fit_loop: dict[str, Any]) -> None:
+    """Mark the fit loop's validation (in a checkpoint's loop state) as interrupted in its first batch, the state that
+    Lightning resumes by running the validation from its start."""
+    progress = fit_loop["epoch_loop.val_loop.batch_progress"]
+    before = progress["total"]["completed"] - progress["current"]["completed"]  # earlier validations of the epoch
+    progress["total"].update(ready=before + 1, started=before + 1, processed=before, completed=before)
+    progress["current"].update(ready=1, started=1, processed=0, completed=0)
+    progress["is_last_batch"] = False

@@ -2,6 +2,9 @@
 (SIGKILL, a lost node) resumes from. With the training loader's position in the checkpoint
 (`genlab.data.base.ResumableLoader`) and the RNG states (`RNGState`), the resumed run ends with the weights of one
 that never stopped. At epoch ends the `last_checkpoint` callback writes the same file.
+
+It is a Lightning `Checkpoint`, which Lightning runs after every other callback: the `FiniteLoss` guard has rolled
+back a NaN step (or stopped the run) before the step is saved.
 """
 
 from __future__ import annotations
@@ -11,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.callbacks import Checkpoint
 
 from genlab.checks import ConfigError, check_positive_int
 
 
-class StepCheckpoint(L.Callback):
+class StepCheckpoint(Checkpoint):
     """Save `<dirpath>/<filename>.ckpt` after a training step once `every_n_minutes` have passed since the last
     save, or every `every_n_steps` steps; null turns either trigger off."""
 

@@ -97,6 +97,17 @@ def resize_uint8(images: Tensor, size: int) -> Tensor:
     return torch.cat(chunks)
 
 
+def check_split(num_images: int, val_fraction: float) -> int:
+    """The validation split's size for `num_images` (at least one); a ConfigError if no training image is left."""
+    n_val = max(1, round(val_fraction * num_images))
+    if n_val >= num_images:
+        raise ConfigError(
+            f"{num_images} image(s) with val_fraction={val_fraction} leave none to train on after the {n_val} held "
+            "out for validation: use more images or a lower val_fraction"
+        )
+    return n_val
+
+
 class ImageDataModule(L.LightningDataModule):
     """Base DataModule: `load_split` gives uint8 images and labels; this class does the rest.
 
@@ -154,7 +165,7 @@ class ImageDataModule(L.LightningDataModule):
         images = resize_uint8(images, self.image_size)
         # The validation split depends on split_seed alone: the same images whatever the run's seed.
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(self.split_seed))
-        n_val = max(1, round(self.val_fraction * len(images)))
+        n_val = check_split(len(images), self.val_fraction)
         val_idx, train_idx = order[:n_val].sort().values, order[n_val:].sort().values
         self.train_set = ImageTensorDataset(images[train_idx], labels[train_idx])
         self.val_set = ImageTensorDataset(images[val_idx], labels[val_idx])
