@@ -38,6 +38,12 @@ def one_line_errors(run_dir: str | Path | None, stop_at: str | Path | None = Non
         except InstantiationException as err:  # a constructor's own check, wrapped by Hydra's instantiate
             if isinstance(err.__cause__, (ConfigError, RunError)):
                 raise err.__cause__ from None
+            if is_misconfiguration(err.__cause__):
+                raise ConfigError(f"{err.__cause__}") from None
+            raise
+        except Exception as err:
+            if is_misconfiguration(err):  # Lightning's word for a setting it cannot use (at fit's start too)
+                raise ConfigError(f"{err}") from None
             raise
     except (ConfigError, RunError) as err:
         if full_trace():
@@ -46,6 +52,12 @@ def one_line_errors(run_dir: str | Path | None, stop_at: str | Path | None = Non
             remove_unstarted(Path(run_dir), Path(stop_at) if stop_at else None)
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG_ERROR if isinstance(err, ConfigError) else 1) from None
+
+
+def is_misconfiguration(err: BaseException | None) -> bool:
+    """Lightning's MisconfigurationException (`trainer.max_epochs=-5`, clipping a manual-optimization model),
+    recognised without importing Lightning."""
+    return type(err).__name__ == "MisconfigurationException"
 
 
 def remove_unstarted(run_dir: Path, stop_at: Path | None) -> None:

@@ -90,7 +90,11 @@ def summarize_run(loggers: list, metrics: dict[str, float], best_fid: float | No
 
 
 def run_summary(
-    metrics: dict[str, float], best: list[tuple[str, float | None, str]], run_dir: str, data_args: list[str]
+    metrics: dict[str, float],
+    best: list[tuple[str, float | None, str]],
+    run_dir: str,
+    data_args: list[str],
+    train_on: str,
 ) -> str:
     """The end of a run on the terminal: its final eval/* numbers and losses, the best checkpoints and the
     commands that train on or evaluate it."""
@@ -100,7 +104,7 @@ def run_summary(
     for monitor, score, path in best:
         lines.append(f"best by {monitor}" + (f" ({score:.5g})" if score is not None else "") + f": {path}")
     chosen = best[-1][2] if best else f"{run_dir}/checkpoints/last.ckpt"
-    lines.append(f"train on:  python train.py ckpt_path={run_dir} trainer.max_epochs=<more>")
+    lines.append(f"train on:  {train_on}")
     lines.append(f"evaluate:  python evaluate.py ckpt_path={chosen} {' '.join(data_args)}".rstrip())
     return "\n".join(lines)
 

@@ -42,7 +42,7 @@ def check_train_config(cfg: DictConfig) -> None:
             check_logger_installed(f"{group}.{name}", node)
     if cfg.get("eval") and "_target_" in cfg.eval:
         check_eval(cfg.eval)
-    check_checkpoint_path(cfg.get("ckpt_path"))
+    check_checkpoint_path(cfg.get("ckpt_path"), cfg.trainer)
     check_writable(cfg.paths.output_dir)
 
 
@@ -217,9 +217,10 @@ def check_logger_installed(path: str, node: Any) -> None:
             raise ConfigError(f"{path} needs {packages[0]}, which is not installed: pip install {packages[0]}")
 
 
-def check_checkpoint_path(ckpt_path: str | None) -> None:
-    """A checkpoint file that exists and is in torch's zip format (the full read comes after torch's import);
-    a folder is a run folder whose newest checkpoint is resumed (see `newest_checkpoint`)."""
+def check_checkpoint_path(ckpt_path: str | None, trainer_cfg: DictConfig | None = None) -> None:
+    """A checkpoint file that exists and is in torch's zip format (the full read comes after torch's import),
+    and, given the trainer config, whose run has epochs or steps left; a folder is a run folder whose newest
+    checkpoint is resumed (see `newest_checkpoint`)."""
     if not ckpt_path:
         return
     path = Path(ckpt_path)
@@ -229,6 +230,39 @@ def check_checkpoint_path(ckpt_path: str | None) -> None:
         raise ConfigError(f"ckpt_path={ckpt_path}: no such file")
     if not zipfile.is_zipfile(path):
         raise ConfigError(f"ckpt_path={ckpt_path} is not a torch checkpoint (not a zip file): truncated or corrupt?")
+    checkpoint = peek_checkpoint(path) if trainer_cfg is not None else None
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("loops"), dict) and "global_step" in checkpoint:
+        from genlab.train import check_not_finished
+
+        check_not_finished(str(path), checkpoint, trainer_cfg)
+
+
+def peek_checkpoint(path: Path) -> Any:
+    """A torch checkpoint's dict with every tensor and foreign object left out (an empty dict in its place), read
+    from its zip without importing torch: enough for its counters. None where it cannot be read so."""
+    import pickle
+
+    class Anything(dict):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__()
+
+        def __setstate__(self, state: Any) -> None:
+            pass
+
+    class CountersOnly(pickle.Unpickler):
+        def persistent_load(self, pid: Any) -> None:  # a tensor's storage
+            return None
+
+        def find_class(self, module: str, name: str) -> Any:
+            return super().find_class(module, name) if module in ("builtins", "collections", "_codecs") else Anything
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = next(n for n in archive.namelist() if n.rsplit("/", 1)[-1] == "data.pkl")
+            with archive.open(name) as f:
+                return CountersOnly(f).load()
+    except Exception:  # the full read after torch's import says what is wrong
+        return None
 
 
 def newest_checkpoint(run_dir: Path) -> Path:

@@ -237,7 +237,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         best_fid=lowest_fid,
     )
     data_args = [o for o in task_overrides() if o.startswith(("data=", "data.", "paths."))]
-    log.info(run_summary(metrics, best_checkpoints(callbacks), cfg.paths.output_dir, data_args))
+    train_on = train_on_command(cfg.paths.output_dir, f"trainer.max_epochs={2 * trainer.current_epoch}")
+    log.info(run_summary(metrics, best_checkpoints(callbacks), cfg.paths.output_dir, data_args, train_on))
     return metrics
 
 

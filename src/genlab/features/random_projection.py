@@ -12,6 +12,7 @@ import math
 import torch
 from torch import Tensor
 
+from genlab.checks import check_positive_int
 from genlab.features.base import FeatureExtractor, to_uint8
 from genlab.features.precision import check_precision
 
@@ -66,6 +67,7 @@ def random_extractor(
     """The `random` extractor config's factory: a projection of the data's image shape with one logit per class
     of the data (nothing to cache or train: `cache_dir` and `progress` are unused; one matrix product has no
     precision to choose, so `precision` is recorded only)."""
+    check_positive_int("dim", dim)  # here, where the config check reads it
     extractor = RandomProjectionExtractor(tuple(datamodule.image_shape), dim, datamodule.num_classes, seed)
     extractor.precision = check_precision(precision)
     return extractor
