@@ -149,12 +149,12 @@ def wait_for(marker: Path, process: subprocess.Popen, timeout: float = 120) -> N
         time.sleep(0.05)
 
 
-def interrupt_evaluation(root: Path, signum: int) -> tuple[Path, dict]:
+def interrupt_evaluation(root: Path, signum: int, *overrides: str) -> tuple[Path, dict]:
     """Send `signum` to a run while its evaluation samples; its run folder and status.json once it has stopped,
     which must be within seconds, with exit code 128 + the signal's number."""
     marker = root.parent / "sampling"
     stall = ["+callbacks.stall._target_=conftest.StallEvalSampling", f"+callbacks.stall.marker={marker}"]
-    process = start(command(root, *EVAL, *stall))
+    process = start(command(root, *EVAL, *stall, *overrides))
     wait_for(marker, process)
     sent = time.monotonic()
     process.send_signal(signum)
@@ -183,6 +183,21 @@ def test_sigterm_during_evaluation_stops_the_run_within_seconds_and_its_command_
     assert status["status"] == "completed" and status["resumed_from"].endswith("on_exception.ckpt")
     assert {"val/loss", "eval/fid"} <= set(status["metrics"])  # the interrupted validation and evaluation ran again
     assert status["best_fid"] == status["metrics"]["eval/fid"]
+
+
+def test_a_run_interrupted_in_its_evaluation_resumes_to_the_uninterrupted_weights(tmp_path: Path) -> None:
+    """Stopped in epoch 0's evaluation, resumed for epoch 1: the validation runs again from the generators' state
+    at its start, so epoch 1 trains exactly as in a run that never stopped."""
+    whole = start(command(tmp_path / "whole", *EVAL, "trainer.max_epochs=2"))  # alongside, in parallel
+    folder, status = interrupt_evaluation(tmp_path / "stopped", signal.SIGTERM, "trainer.max_epochs=2")
+    code, _, stderr = run([sys.executable, *shlex.split(status["resume"])[1:]])
+    assert code == 0, stderr[-3000:]
+    assert finish(whole)[0] == 0
+    resumed = load(folder / "checkpoints" / "last.ckpt")
+    uninterrupted = load(run_folder(tmp_path / "whole") / "checkpoints" / "last.ckpt")
+    assert resumed["global_step"] == uninterrupted["global_step"] and resumed["epoch"] == 1
+    differ = [k for k, v in uninterrupted["state_dict"].items() if not torch.equal(v, resumed["state_dict"][k])]
+    assert not differ, f"{len(differ)} tensors differ, e.g. {differ[:3]}"
 
 
 def test_ctrl_c_during_evaluation_stops_the_run_within_seconds(tmp_path: Path) -> None:

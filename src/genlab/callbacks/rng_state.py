@@ -20,8 +20,21 @@ class RNGState(L.Callback):
 
     def __init__(self) -> None:
         self._pending: dict[str, Any] | None = None
+        self._at_validation_start: dict[str, Any] | None = None
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # A checkpoint written during validation (Ctrl-C, SIGTERM) resumes by running that validation again from
+        # its start: it must hold the generators as they were there, not as the validation left them.
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self._at_validation_start = self.current_state()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._at_validation_start = None  # (checkpoint callbacks run after this one: theirs is the state after)
 
     def state_dict(self) -> dict[str, Any]:
+        return self._at_validation_start if self._at_validation_start is not None else self.current_state()
+
+    def current_state(self) -> dict[str, Any]:
         name, keys, pos, has_gauss, cached = np.random.get_state()
         # numpy's key array travels as a tensor so the checkpoint loads with torch.load(weights_only=True)
         numpy_state = (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached)
