@@ -204,6 +204,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     warnings.filterwarnings("ignore", message=r".*\(ckpt_path=None\)` was called without a model")
     warnings.filterwarnings("ignore", message=r'.*\(ckpt_path="last"\) is set, but there is no last checkpoint')
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # inside Lightning itself
+    if ckpt_path:  # a run resumed in its own folder writes on into checkpoints/, as it should
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
     pin_sweep_job_to_gpu(cfg)
     datamodule: L.LightningDataModule = instantiate(cfg.data)
