@@ -232,7 +232,7 @@ def check_checkpoint_path(ckpt_path: str | None, trainer_cfg: DictConfig | None 
         raise ConfigError(f"ckpt_path={ckpt_path} is not a torch checkpoint (not a zip file): truncated or corrupt?")
     checkpoint = peek_checkpoint(path) if trainer_cfg is not None else None
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get("loops"), dict) and "global_step" in checkpoint:
-        from genlab.train import check_not_finished
+        from genlab.resume import check_not_finished
 
         check_not_finished(str(path), checkpoint, trainer_cfg)
 

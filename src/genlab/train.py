@@ -1,8 +1,10 @@
 """Training entry point: `python train.py model=vae data=mnist [trainer=cpu|gpu|ddp] [logger=csv|tensorboard|wandb]`.
 
 Everything is built from the composed Hydra config here (the only place that calls `instantiate`), in the
-order that lets bad input fail before anything is written: the checkpoint to resume from is checked
-first, then the data and model (whose constructors validate their arguments), then the loggers.
+order that lets bad input fail before anything is written: the whole config is checked before torch is imported
+(`genlab.preflight`), then the checkpoint to resume from is read (`genlab.resume`), then the data and model
+(whose constructors validate their arguments), the evaluation's counts against the data, then the loggers. A
+mistake is one line (`genlab.cli`); Ctrl-C and SIGTERM are `interrupted` runs (`genlab.interrupt`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from genlab.checks import ConfigError
+from genlab.resume import check_checkpoint, resolve_checkpoint, task_overrides, train_on_command
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -49,52 +51,6 @@ def register_metric_settings() -> None:
 
 
 register_metric_settings()
-
-CHECKPOINT_KEYS = ("state_dict", "epoch", "global_step", "optimizer_states", "loops")
-
-
-def check_checkpoint(path: str, trainer_cfg: DictConfig | None = None) -> None:
-    """Raise a ConfigError unless `path` is a complete Lightning training checkpoint that still has epochs (or
-    steps) left to train under `trainer_cfg`."""
-    import torch
-
-    from genlab.preflight import check_checkpoint_path
-
-    check_checkpoint_path(path)
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ConfigError(f"ckpt_path={path} cannot be read; is it truncated or corrupt? ({err})") from None
-    missing = [key for key in CHECKPOINT_KEYS if key not in checkpoint]
-    if missing:
-        raise ConfigError(f"ckpt_path={path} is not a Lightning training checkpoint: it has no {missing}")
-    if trainer_cfg is not None:
-        check_not_finished(path, checkpoint, trainer_cfg)
-
-
-def check_not_finished(path: str, checkpoint: dict[str, Any], trainer_cfg: DictConfig) -> None:
-    """A checkpoint whose run already reached max_epochs (or max_steps) would 'resume' into nothing."""
-    progress = checkpoint["loops"].get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
-    epochs, steps = progress.get("processed", 0), checkpoint["global_step"]  # processed: what Lightning resumes from
-    max_epochs, max_steps = trainer_cfg.get("max_epochs"), trainer_cfg.get("max_steps") or -1
-    if max_steps != -1 and steps >= max_steps:
-        raise ConfigError(
-            f"ckpt_path={path}: that run already trained its {steps} step(s) (trainer.max_steps={max_steps}); "
-            f"to train on, raise it: {train_on_command(path, f'trainer.max_steps={2 * steps}')}"
-        )
-    if max_steps == -1 and max_epochs not in (None, -1) and epochs >= max_epochs:
-        raise ConfigError(
-            f"ckpt_path={path}: that run already trained its {epochs} epoch(s) (trainer.max_epochs={max_epochs}); "
-            f"to train on, raise it: {train_on_command(path, f'trainer.max_epochs={epochs + max(epochs, 1)}')}"
-        )
-
-
-def train_on_command(path: str, setting: str) -> str:
-    """This command line resumed from `path` with `setting` (`trainer.max_epochs=4`) in place of its own value: a
-    checkpoint holds no config, so the data and model overrides must come again."""
-    key = setting.split("=", 1)[0]
-    overrides = [o for o in task_overrides() if o.split("=", 1)[0].lstrip("+~") != key]
-    return shlex.join(["python", "train.py", f"ckpt_path={path}", *overrides, setting])
 
 
 def instantiate_group(group: DictConfig | None) -> list[Any]:
@@ -244,15 +200,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-def resolve_checkpoint(ckpt_path: str | None) -> str | None:
-    """A run folder stands for its newest checkpoint (last.ckpt or on_exception.ckpt)."""
-    from genlab.preflight import newest_checkpoint
-
-    if ckpt_path and Path(ckpt_path).is_dir():
-        return str(newest_checkpoint(Path(ckpt_path)))
-    return ckpt_path
-
-
 def check_evaluation_counts(callbacks: list[Any], datamodule: Any) -> None:
     """The evaluation's sample counts against the FID reference's size, known once the data is loaded: found
     now, not after the first epoch."""
@@ -280,15 +227,6 @@ def record_failure(status: RunStatus, err: BaseException, trainer: Any, cfg: Dic
     status.write("interrupted", signal=code - 128, resume=resume, metrics=final_metrics(trainer))
     log.warning(f"interrupted ({interrupt.Interrupted(code - 128)}); resume with: {resume}")
     raise SystemExit(code) from None
-
-
-def task_overrides() -> list[str]:
-    """The command line's overrides, less ckpt_path and hydra.run.dir (the resume command sets both)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return []
-    return [o for o in HydraConfig.get().overrides.task if not o.startswith(("ckpt_path=", "hydra.run.dir="))]
 
 
 def best_checkpoints(callbacks: list[Any]) -> list[tuple[str, float | None, str]]:
