@@ -60,6 +60,15 @@ def test_cosine_alphas_cumprod_is_f_t_over_f_0_up_to_clipping() -> None:
     torch.testing.assert_close(schedule.alphas_cumprod[-1], schedule.alphas_cumprod[-2] * (1 - 0.999))
 
 
+def test_q_sample_refuses_shapes_that_would_broadcast() -> None:
+    schedule = NoiseSchedule(100, "linear")
+    x0, t = torch.zeros(8, 1, 1), torch.zeros(8, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"got x0 \(8, 1, 1\), t \(8,\), noise \(8, 1, 1, 1\)"):
+        schedule.q_sample(x0, t, torch.zeros(8, 1, 1, 1))  # would have been 8 x 8 images, silently
+    with pytest.raises(ValueError, match="noise shaped like x0"):
+        schedule.q_sample(torch.zeros(8, 1, 2, 2), t, torch.zeros(8, 1, 2, 1))
+
+
 def test_q_sample_has_the_closed_form_mean_and_variance() -> None:
     schedule = NoiseSchedule(100, "linear")
     t = torch.tensor([0, 10, 50, 99])
@@ -69,10 +78,8 @@ def test_q_sample_has_the_closed_form_mean_and_variance() -> None:
     torch.testing.assert_close(schedule.q_sample(x0, t, noise), abar.sqrt() * x0 + (1 - abar).sqrt() * noise)
     # empirically: 20,000 draws for one pixel value x0 = 0.7 at each t
     g = torch.Generator().manual_seed(0)
-    x0 = torch.full((4, 20_000, 1, 1), 0.7)
-    xt = torch.stack(
-        [schedule.q_sample(x0[i], t[i].expand(20_000), torch.randn(20_000, 1, 1, 1, generator=g)) for i in range(4)]
-    )
+    x0 = torch.full((20_000, 1, 1, 1), 0.7)
+    xt = torch.stack([schedule.q_sample(x0, t[i].expand(20_000), torch.randn(x0.shape, generator=g)) for i in range(4)])
     abar = abar.view(4)
     torch.testing.assert_close(xt.flatten(1).mean(1), abar.sqrt() * 0.7, atol=0.02, rtol=0)
     torch.testing.assert_close(xt.flatten(1).var(1), 1 - abar, atol=0.02, rtol=0.03)

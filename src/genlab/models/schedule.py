@@ -74,6 +74,12 @@ class NoiseSchedule(nn.Module):
 
     def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
         """x_t ~ q(x_t | x_0) (Ho et al. eq. 4) for clean images x0 (B, C, H, W), t (B,) and noise ~ N(0, I)."""
+        if x0.ndim != 4 or noise.shape != x0.shape or t.shape != x0.shape[:1]:
+            # a mismatch would broadcast silently: (N, 1, 1) images against (N, 1, 1, 1) noise make N x N of them
+            raise ValueError(
+                f"q_sample needs x0 (B, C, H, W), t (B,) and noise shaped like x0; got x0 {tuple(x0.shape)}, "
+                f"t {tuple(t.shape)}, noise {tuple(noise.shape)}"
+            )
         abar = per_sample(self.alpha_bar(t), x0)
         return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
 
