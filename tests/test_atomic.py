@@ -89,6 +89,7 @@ def _kill_writers(path: Path, how: str, seed: int = 0) -> list[tuple[int | str, 
     return outcomes
 
 
+@pytest.mark.slow
 def test_a_killed_atomic_save_leaves_a_whole_checkpoint(tmp_path: Path) -> None:
     path = tmp_path / "last.ckpt"
     steps, mid_save = zip(*_kill_writers(path, "atomic"), strict=True)
@@ -100,6 +101,7 @@ def test_a_killed_atomic_save_leaves_a_whole_checkpoint(tmp_path: Path) -> None:
     assert len(temp_files(path)) <= 1 and list(tmp_path.glob("*.ckpt")) == [path]
 
 
+@pytest.mark.slow
 def test_a_killed_plain_torch_save_can_leave_a_truncated_checkpoint(tmp_path: Path) -> None:
     """The control: the same kills break a file written in place (19 rounds in 20 when measured)."""
     outcomes = [outcome for outcome, _ in _kill_writers(tmp_path / "last.ckpt", "torch.save")]

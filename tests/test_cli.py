@@ -25,6 +25,7 @@ def run_train(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_train_py_writes_a_run_folder(tmp_path: Path) -> None:
     result = run_train(tmp_path, *FAST, *TINY_MODELS["vae"])
     assert result.returncode == 0, result.stderr[-3000:]
@@ -56,6 +57,7 @@ def test_bad_hyperparameter_message_reaches_the_user(tmp_path: Path) -> None:
     assert "latent_dim must be a positive integer, got -2" in result.stderr
 
 
+@pytest.mark.slow
 def test_ddp_on_two_cpu_processes(tmp_path: Path) -> None:
     result = run_train(
         tmp_path, *FAST, *TINY_MODELS["vae"], "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"

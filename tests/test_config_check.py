@@ -124,6 +124,7 @@ def test_inception_weights_path_must_exist(offline: Path, tmp_path: Path, train_
     check_train_config(cfg)
 
 
+@pytest.mark.slow
 def test_checkpoint_path_is_checked_before_torch(tmp_path: Path, train_cfg) -> None:
     (tmp_path / "notes.txt").write_text("not a checkpoint")
     (tmp_path / "empty_run").mkdir()
@@ -216,6 +217,7 @@ def test_signatures_read_a_class_with_new(tmp_path: Path, monkeypatch: pytest.Mo
     assert params.positive == {"epoch": True}
 
 
+@pytest.mark.slow
 def test_the_check_does_not_import_torch(tmp_path: Path) -> None:
     script = f"""
 import sys

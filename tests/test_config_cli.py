@@ -56,6 +56,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess, message: str, tmp
     assert not list((tmp_path / "outputs").rglob("*"))  # no run folder, no empty date folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -72,6 +73,7 @@ def test_train_config_error_is_one_line_and_leaves_no_run_folder(overrides, mess
         assert result.stderr.strip() == result.stderr.strip().splitlines()[0]  # nothing else printed at all
 
 
+@pytest.mark.slow
 def test_parameter_that_the_yaml_does_not_list_is_set_without_plus(tmp_path: Path) -> None:
     trainer_yaml = OmegaConf.load(CONFIG_DIR / "trainer" / "default.yaml")
     unlisted = set(target_parameters(trainer_yaml._target_).defaults) - set(trainer_yaml)
@@ -87,6 +89,7 @@ def test_parameter_that_the_yaml_does_not_list_is_set_without_plus(tmp_path: Pat
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("override", ["data.batch_size=0", "model.latnt_dim=8"])
 def test_hydra_full_error_shows_the_traceback(override: str, tmp_path: Path) -> None:
     result = run("train.py", tmp_path, "data=synthetic", override, full_error="1")
@@ -177,6 +180,7 @@ def build(cfg) -> tuple[Any, Any]:
     return datamodule, model
 
 
+@pytest.mark.slow
 @settings(
     max_examples=25,
     deadline=None,

@@ -109,6 +109,7 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Uninterrupted:
         whole.process.wait()
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_resumes_to_the_weights_of_an_uninterrupted_run(
     uninterrupted: Uninterrupted, tmp_path: Path
 ) -> None:
@@ -170,6 +171,7 @@ def interrupt_evaluation(root: Path, signum: int, *overrides: str) -> tuple[Path
     return folder, status
 
 
+@pytest.mark.slow
 def test_sigterm_during_evaluation_stops_the_run_within_seconds_and_its_command_resumes(tmp_path: Path) -> None:
     root = tmp_path / "a root with spaces"  # the resume command must survive the shell
     folder, status = interrupt_evaluation(root, signal.SIGTERM)
@@ -185,6 +187,7 @@ def test_sigterm_during_evaluation_stops_the_run_within_seconds_and_its_command_
     assert status["best_fid"] == status["metrics"]["eval/fid"]
 
 
+@pytest.mark.slow
 def test_a_run_interrupted_in_its_evaluation_resumes_to_the_uninterrupted_weights(tmp_path: Path) -> None:
     """Stopped in epoch 0's evaluation, resumed for epoch 1: the validation runs again from the generators' state
     at its start, so epoch 1 trains exactly as in a run that never stopped."""
@@ -200,6 +203,7 @@ def test_a_run_interrupted_in_its_evaluation_resumes_to_the_uninterrupted_weight
     assert not differ, f"{len(differ)} tensors differ, e.g. {differ[:3]}"
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_evaluation_stops_the_run_within_seconds(tmp_path: Path) -> None:
     interrupt_evaluation(tmp_path / "root", signal.SIGINT)
 
@@ -250,6 +254,7 @@ def test_a_nan_loss_past_the_rollbacks_stops_with_no_nan_checkpoint(overrides, m
     assert load(checkpoints / "last.ckpt")["global_step"] < 4
 
 
+@pytest.mark.slow
 def test_resuming_a_finished_run_is_one_line_and_touches_nothing(uninterrupted: Uninterrupted) -> None:
     folder = uninterrupted.folder()
     before = tree(folder)

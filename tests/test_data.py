@@ -17,6 +17,7 @@ from genlab.data import (
 )
 
 
+@pytest.mark.slow
 def test_bundled_mnist_is_real_digits(tmp_path: Path) -> None:
     dm = MNISTDataModule(root=str(tmp_path), source="bundled", batch_size=100)
     dm.setup()
@@ -34,6 +35,7 @@ def test_bundled_mnist_is_real_digits(tmp_path: Path) -> None:
     assert 0.1 < ink < 0.3
 
 
+@pytest.mark.slow
 def test_auto_source_falls_back_to_bundled_and_says_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     dm = MNISTDataModule(root=str(tmp_path), source="auto", download=False)
     with caplog.at_level("INFO"):

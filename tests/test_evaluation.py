@@ -196,6 +196,7 @@ def test_evaluate_scores_a_checkpoint_and_writes_metrics_json(train_cfg, tmp_pat
     assert record["extractor"] and record["extractor_hash"] and record["num_fake"] == 64
 
 
+@pytest.mark.slow
 def test_evaluate_scores_a_folder_real_images_beat_noise(tmp_path: Path) -> None:
     dm = SyntheticDataModule(num_samples=200, image_size=16, seed=5)
     dm.setup()
@@ -263,6 +264,7 @@ def test_evaluate_says_why_when_no_metric_can_be_computed(tmp_path: Path) -> Non
         evaluate(cfg)
 
 
+@pytest.mark.slow
 def test_domain_extractor_is_trained_inside_validation(train_cfg, tmp_path: Path) -> None:
     # validation runs under inference mode: training the classifier there must still work
     overrides = [o for o in EVAL if o != "eval/extractor=random"]

@@ -111,6 +111,7 @@ def test_bad_precision_lists_the_valid_ones(inception_weights: str) -> None:
         inception_extractor(weights_path=inception_weights, precision="fp16")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["domain", "inception", "random"])
 def test_every_extractor_config_builds_through_its_factory(name: str, tmp_path: Path, inception_weights: str) -> None:
     """Extractors are configs with `_target_`: each one, instantiated as the evaluator does, gives an extractor."""
@@ -149,6 +150,7 @@ def test_random_projection_shapes_and_determinism() -> None:
         a(images(4, 1, 9))
 
 
+@pytest.mark.slow
 def test_weights_hashes_are_the_same_in_another_process(inception: InceptionExtractor, inception_weights: str) -> None:
     code = (
         "from genlab.features import RandomProjectionExtractor as R\n"
@@ -172,6 +174,7 @@ def test_inception_shapes_dtypes_and_scale(inception: InceptionExtractor, grey_o
     assert not torch.allclose(features[0], features[1])  # and tell images apart
 
 
+@pytest.mark.slow
 def test_inception_tiles_grey_and_equals_torch_fidelity(inception: InceptionExtractor, inception_weights, grey_outputs):
     grey, features, logits = grey_outputs
     tiled = grey.expand(-1, 3, -1, -1).contiguous()

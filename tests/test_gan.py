@@ -110,6 +110,7 @@ def test_conditional_generator_output_depends_on_the_label() -> None:
     assert not torch.allclose(*samples)
 
 
+@pytest.mark.slow
 def test_conditional_gan_keeps_variety_within_each_class(tmp_path: Path) -> None:
     """Three epochs of the default cGAN on the bundled digits: samples of one label still differ from one another.
     The raw generator (no weight average) is checked, the one that collapses first. With a learned label embedding

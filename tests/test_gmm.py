@@ -54,6 +54,7 @@ def row_order(means: torch.Tensor) -> torch.Tensor:
     return torch.argsort(means[:, 1] * 10 + means[:, 0])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("covariance", ["full", "diag"])
 def test_em_log_likelihood_never_decreases(covariance: str) -> None:
     z, _ = clusters(std=0.3)  # overlapping clusters: EM needs many iterations
@@ -118,6 +119,7 @@ def test_diag_keeps_only_the_variances_and_fits_correlated_data_worse_than_full(
     assert full[3][-1] > diag[3][-1] + 0.3  # the correlation is worth nats per point
 
 
+@pytest.mark.slow
 def test_conditional_routes_statistics_and_samples_by_label() -> None:
     z, index = clusters()
     y = (index >= 2).long()  # class 0: the two lower clusters, class 1: the two upper ones
@@ -161,6 +163,7 @@ def test_pca_round_trip_and_orthonormal_basis() -> None:
     assert model.encode(x).shape == (300, 3) and model.means.shape == (1, 2, 3)
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:.*configure_optimizers.* returned `None`")
 def test_trainer_fit_is_one_em_iteration_per_epoch_and_validation_sees_the_new_parameters(tmp_path) -> None:
     class Record(L.Callback):

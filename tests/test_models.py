@@ -85,6 +85,7 @@ def test_every_model_config_is_in_the_parametrized_test() -> None:
     assert configs == covered
 
 
+@pytest.mark.slow
 def test_loss_is_finite_and_a_step_changes_the_weights(trained: dict) -> None:
     for key in ("train/loss", "val/loss"):
         assert key in trained["metrics"], f"{trained['name']} does not log {key}"
@@ -95,6 +96,7 @@ def test_loss_is_finite_and_a_step_changes_the_weights(trained: dict) -> None:
     assert changed, f"{trained['name']}: no weight changed after two training batches"
 
 
+@pytest.mark.slow
 def test_sample_contract(trained: dict) -> None:
     model = trained["model"]
     assert isinstance(model, GenerativeModel)
@@ -127,6 +129,7 @@ def test_checkpoint_reloads_without_hydra_and_samples_the_same(trained: dict) ->
     torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["gmm", "cgan", "diffusion"])
 def test_train_scores_the_family_with_the_shared_callback(name: str, tmp_path: Path) -> None:
     evaluation = ["eval=default", "eval/extractor=random", "eval.num_samples=32", "eval.batch_size=16"]

@@ -54,6 +54,7 @@ def check_novelty(scores: dict[str, dict]) -> None:
     assert copycat["fid"] < copycat["fid_heldout"]  # the memorisation gap: closer to train than to new digits
 
 
+@pytest.mark.slow
 def test_copies_of_the_training_set_are_caught_and_held_out_digits_are_not(digits: MNISTDataModule) -> None:
     check_novelty(score_sets(digits))
 
@@ -195,6 +196,7 @@ class Lookup(torch.nn.Module):
         return self.images[picks].float() / 255
 
 
+@pytest.mark.slow
 def test_cas_of_real_images_is_the_real_classifier_and_shuffled_labels_are_chance() -> None:
     dm = SyntheticDataModule(num_samples=800, image_size=16, num_classes=4)
     dm.setup()
@@ -215,6 +217,7 @@ def test_cas_is_skipped_without_asked_for_labels(digits: MNISTDataModule, caplog
 
 
 # ---------------------------------------------------------------------------------------------- the evaluation path
+@pytest.mark.slow
 def test_scores_do_not_depend_on_the_batch_size(digits: MNISTDataModule) -> None:
     images = torch.roll(digits.train_set.images[-300:], shifts=2, dims=2)  # near the data, tied with no held-out one
     names = ["fid", "fid_heldout", "pr", "dc", "classes", "copy_rate", "authenticity", "ct"]

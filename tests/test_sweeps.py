@@ -62,6 +62,7 @@ def test_a_search_without_its_metric_says_what_was_logged() -> None:
     assert optimized_value(OmegaConf.create({"optimized_metric": None}), {}) is None
 
 
+@pytest.mark.slow
 def test_multirun_with_joblib_runs_jobs_in_parallel_processes(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     result = run_train(
@@ -82,6 +83,7 @@ def test_multirun_with_joblib_runs_jobs_in_parallel_processes(tmp_path: Path) ->
     assert (sweep / "multirun.yaml").is_file()
 
 
+@pytest.mark.slow
 def test_multirun_with_submitit_local_runs_each_job_as_a_submitit_job(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     launcher = ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "hydra.launcher.gpus_per_node=0"]
@@ -91,6 +93,7 @@ def test_multirun_with_submitit_local_runs_each_job_as_a_submitit_job(tmp_path: 
     assert list((sweep / ".submitit").glob("*/*_result.pkl"))  # submitit ran it and stored its result
 
 
+@pytest.mark.slow
 def test_optuna_search_minimises_eval_fid(tmp_path: Path) -> None:
     sweep = tmp_path / "search"
     evaluation = ["eval=default", "eval/extractor=random", "eval.num_samples=32", "eval.batch_size=16"]

@@ -47,6 +47,7 @@ def test_one_fast_run_writes_metrics_grids_and_checkpoints(train_cfg, tmp_path: 
     assert status["finished"] >= status["started"] and status["best_checkpoint"].endswith("best-epoch000.ckpt")
 
 
+@pytest.mark.slow
 def test_same_seed_same_losses_other_seed_other_losses(train_cfg) -> None:
     a = train(train_cfg("a", "seed=3"))
     b = train(train_cfg("b", "seed=3"))
@@ -55,6 +56,7 @@ def test_same_seed_same_losses_other_seed_other_losses(train_cfg) -> None:
     assert a["val/loss"] != c["val/loss"]
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted_training(train_cfg, tmp_path: Path) -> None:
     train(train_cfg("two", "trainer.max_epochs=2"))
     train(train_cfg("one", "trainer.max_epochs=1"))
@@ -135,6 +137,7 @@ def wandb_records(run: Path, timeout: float = 20.0) -> bytes:
         time.sleep(0.2)
 
 
+@pytest.mark.slow
 def test_wandb_logger_runs_offline_without_an_account(train_cfg, tmp_path: Path, monkeypatch) -> None:
     for var in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_BASE_URL"):
         monkeypatch.delenv(var, raising=False)
@@ -167,6 +170,7 @@ def test_cleanup_of_copied_run_is_possible(tmp_path: Path) -> None:
     shutil.rmtree(tmp_path / "f", ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_a_crash_leaves_a_checkpoint_to_resume_from(train_cfg, tmp_path: Path) -> None:
     crash = ["+callbacks.crash._target_=conftest.CrashAt", "+callbacks.crash.epoch=1", "+callbacks.crash.batch=1"]
     with pytest.raises(RuntimeError, match="planned crash"):
@@ -180,6 +184,7 @@ def test_a_crash_leaves_a_checkpoint_to_resume_from(train_cfg, tmp_path: Path) -
     assert torch.load(tmp_path / "continued/checkpoints/last.ckpt", weights_only=True)["global_step"] == 4
 
 
+@pytest.mark.slow
 def test_a_requeued_run_resumes_in_its_own_folder(train_cfg, tmp_path: Path) -> None:
     """A preempted Slurm job is requeued with the same config and run folder: it must pick up from the newest
     checkpoint there and keep the metrics already logged."""
