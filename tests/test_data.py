@@ -45,6 +45,7 @@ def test_auto_source_falls_back_to_bundled_and_says_so(tmp_path: Path, caplog: p
     assert len(lines) == 1 and str(tmp_path) in lines[0]
 
 
+@pytest.mark.slow
 def test_validation_split_is_deterministic_and_disjoint(tmp_path: Path) -> None:
     a = MNISTDataModule(root=str(tmp_path), source="bundled", split_seed=0)
     b = MNISTDataModule(root=str(tmp_path), source="bundled", split_seed=0)
@@ -57,6 +58,7 @@ def test_validation_split_is_deterministic_and_disjoint(tmp_path: Path) -> None:
     assert not any(bytes(img.numpy()) in train_rows for img in a.val_set.images)
 
 
+@pytest.mark.slow
 def test_resize_to_32(tmp_path: Path) -> None:
     dm = MNISTDataModule(root=str(tmp_path), source="bundled", image_size=32)
     dm.setup()

@@ -178,6 +178,7 @@ def test_two_process_ddp_gives_the_numbers_of_one_process(tmp_path: Path) -> Non
         assert two[key] == pytest.approx(one[key], rel=1e-5, abs=1e-6), key
 
 
+@pytest.mark.slow
 def test_evaluate_scores_a_checkpoint_and_writes_metrics_json(train_cfg, tmp_path: Path) -> None:
     train(train_cfg("run"))
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
@@ -246,6 +247,7 @@ def test_evaluate_needs_exactly_one_source(tmp_path: Path) -> None:
         evaluate(cfg)
 
 
+@pytest.mark.slow
 def test_evaluate_says_why_when_no_metric_can_be_computed(tmp_path: Path) -> None:
     folder = tmp_path / "images"
     folder.mkdir()

@@ -165,6 +165,7 @@ def test_weights_hashes_are_the_same_in_another_process(inception: InceptionExtr
 # ---------------------------------------------------------------------------------------------- inception
 
 
+@pytest.mark.slow
 def test_inception_shapes_dtypes_and_scale(inception: InceptionExtractor, grey_outputs) -> None:
     _, features, logits = grey_outputs
     assert inception.name == "inception-v3-compat" and (inception.feature_dim, inception.num_logits) == (2048, 1008)

@@ -73,6 +73,7 @@ def test_kmeans_pp_seeds_one_mean_in_every_well_separated_cluster() -> None:
         assert sorted(nearest.tolist()) == [0, 1, 2, 3], (seed, means)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("covariance", ["full", "diag"])
 def test_module_recovers_well_separated_clusters(covariance: str) -> None:
     z, _ = clusters()

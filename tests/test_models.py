@@ -119,6 +119,7 @@ def test_sample_contract(trained: dict) -> None:
             model.sample(n, labels=torch.zeros(n, dtype=torch.long))
 
 
+@pytest.mark.slow
 def test_checkpoint_reloads_without_hydra_and_samples_the_same(trained: dict) -> None:
     model = trained["model"]
     reloaded = load_model(trained["ckpt"])

@@ -82,6 +82,7 @@ def test_resuming_a_finished_run_says_so_and_does_no_more_work(train_cfg, tmp_pa
     assert not (tmp_path / "again").exists()  # nothing written
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "not_lightning", "missing"])
 def test_bad_checkpoint_fails_clearly_and_overwrites_nothing(damage: str, train_cfg, tmp_path: Path) -> None:
     train(train_cfg("original"))
@@ -121,6 +122,7 @@ def test_bad_hyperparameters_fail_before_training(override: str, message: str, t
     assert not (tmp_path / "bad").exists()  # nothing was written
 
 
+@pytest.mark.slow
 def test_tensorboard_logger_writes_events(train_cfg, tmp_path: Path) -> None:
     train(train_cfg("tb", "logger=tensorboard"))
     assert list((tmp_path / "tb" / "tensorboard").rglob("events.out.tfevents.*"))
@@ -199,6 +201,7 @@ def test_a_requeued_run_resumes_in_its_own_folder(train_cfg, tmp_path: Path) -> 
     assert json.loads((run / "status.json").read_text())["status"] == "completed"
 
 
+@pytest.mark.slow
 def test_last_checkpoint_is_the_last_epoch_even_when_val_loss_stops_improving(train_cfg, tmp_path: Path) -> None:
     train(train_cfg("run", "trainer.max_epochs=3", "callbacks.model_checkpoint.mode=max"))  # best: epoch 0 only
     checkpoints = tmp_path / "run" / "checkpoints"

@@ -67,6 +67,7 @@ def test_sample_on_gpu_matches_cpu_noise() -> None:
     torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_checkpoint_reloads_without_hydra_and_samples_the_same(tmp_path: Path) -> None:
     L.seed_everything(0)
     model = VAEModule(**TINY)
