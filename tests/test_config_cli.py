@@ -4,7 +4,6 @@ value and the valid ones, exit code 2, no run folder; and a property test that d
 
 from __future__ import annotations
 
-import inspect
 import os
 import subprocess
 import sys
@@ -21,19 +20,11 @@ from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
 from genlab.checks import ConfigError
-from genlab.models import VAEModule
 from genlab.preflight import DATA_DECIDES, check_train_config
 from genlab.signatures import target_parameters
 from genlab.train import CONFIG_DIR, check_evaluation_counts, data_shape_kwargs, eval_callbacks, training_callbacks
 
 ROOT = Path(__file__).resolve().parents[1]
-VAE_SETTINGS = sorted(inspect.signature(VAEModule).parameters)  # what the run accepts, read at run time
-
-
-def rejected(cfg) -> str:
-    with pytest.raises(ConfigError) as err:
-        check_train_config(cfg)
-    return str(err.value)
 
 
 # --- the command line -----------------------------------------------------------------------------------------
