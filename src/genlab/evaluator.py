@@ -126,9 +126,9 @@ class Evaluator:
         check_positive_int("num_samples", num_samples)
         check_positive_int("batch_size", batch_size)
         if not callable(extractor):
-            from genlab.train import CONFIG_DIR
+            from genlab.preflight import extractor_names
 
-            names = sorted(p.stem for p in (CONFIG_DIR / "eval" / "extractor").glob("*.yaml"))
+            names = extractor_names()
             raise ConfigError(
                 f"eval.extractor={extractor!r} is not an extractor config: choose one with eval/extractor=<name>, "
                 f"one of {names} (configs/eval/extractor/)"

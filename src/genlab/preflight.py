@@ -164,11 +164,16 @@ def check_eval(node: DictConfig, own_keys: Iterable[str] = ()) -> None:
     check_extractor(node.get("extractor"))
 
 
-def check_extractor(node: Any) -> None:
-    """An extractor config chosen with eval/extractor=<name>, whose weights are on disk or downloadable."""
+def extractor_names() -> list[str]:
+    """The choices of eval/extractor=<name>: the files of configs/eval/extractor/."""
     from genlab.train import CONFIG_DIR
 
-    names = sorted(p.stem for p in (CONFIG_DIR / "eval" / "extractor").glob("*.yaml"))
+    return sorted(p.stem for p in (CONFIG_DIR / "eval" / "extractor").glob("*.yaml"))
+
+
+def check_extractor(node: Any) -> None:
+    """An extractor config chosen with eval/extractor=<name>, whose weights are on disk or downloadable."""
+    names = extractor_names()
     if not isinstance(node, DictConfig) or "_target_" not in node:
         hint = did_you_mean(str(node), names)
         raise ConfigError(
