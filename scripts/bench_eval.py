@@ -5,15 +5,18 @@
     python scripts/bench_eval.py --device cuda --targets --weights <inception.pth>   # 50k math, 10k cached scoring
 
 Metric math: FID + KID + precision/recall through torch-fidelity's functions and density/coverage through
-prdc, against genlab.metrics, on the same random 2048-d features. End to end (needs InceptionV3 weights; a
-random-weights file is made when --weights is not given, which times the same work): torch-fidelity's
-`calculate_metrics` (IS + FID + KID + P&R from uint8 images) against genlab (features extracted once, every
-metric from them) at each extraction precision. Prints each time and the ratio reference / genlab.
+prdc, against genlab.metrics, on the same random 2048-d features; P&R and D&C also with every distance in float64
+(`dtype=torch.float64`, the arithmetic before float32 with exact rechecks), and all three's values. End to end
+(needs InceptionV3 weights; a random-weights file is made when --weights is not given, which times the same
+work): torch-fidelity's `calculate_metrics` (IS + FID + KID + P&R from uint8 images) against genlab (features
+extracted once, every metric from them) at each extraction precision. Prints each time and the ratio reference / genlab.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import tempfile
 import time
 from collections.abc import Callable
@@ -37,7 +40,9 @@ def timed(fn: Callable[[], object], device: torch.device, repeats: int = 1) -> f
 
 
 def bench_math(n: int, dim: int, device: torch.device, repeats: int) -> list[tuple[str, float, float]]:
-    """(name, reference seconds, genlab seconds) for each metric on the same features."""
+    """(name, reference seconds, genlab seconds) for each metric on the same features, then P&R and D&C again with
+    every distance in float64 (`dtype=torch.float64`) against the same reference times. Prints the P&R and D&C values
+    of all three, which must agree."""
     import prdc
     from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
     from torch_fidelity.metric_kid import kid_features_to_metric
@@ -49,21 +54,46 @@ def bench_math(n: int, dim: int, device: torch.device, repeats: int) -> list[tup
     real, fake = torch.randn(n, dim, generator=g), torch.randn(n, dim, generator=g) * 1.1 + 0.1
     real_dev, fake_dev = real.to(device), fake.to(device)
     kid_size = min(1000, n)
+    values: dict[str, object] = {}
+
+    def keep(key: str, fn: Callable[[], object]) -> Callable[[], None]:
+        return lambda: values.__setitem__(key, fn())
+
     ref = {
         "FID": lambda: fid_statistics_to_metric(
             fid_features_to_statistics(fake), fid_features_to_statistics(real), verbose=False
         ),
         "KID": lambda: kid_features_to_metric(fake, real, kid_subset_size=kid_size, verbose=False),
-        "P&R": lambda: prc_features_to_metric(fake_dev, real_dev, verbose=False),
-        "D&C": lambda: prdc.compute_prdc(real.numpy(), fake.numpy(), nearest_k=5),
+        "P&R": keep("P&R torch-fidelity", lambda: prc_features_to_metric(fake_dev, real_dev, verbose=False)),
+        "D&C": keep("D&C prdc", lambda: quiet(prdc.compute_prdc, real.numpy(), fake.numpy(), nearest_k=5)),
     }
     ours = {
         "FID": lambda: M.fid(real_dev, fake_dev),
         "KID": lambda: M.kid(real_dev, fake_dev, subset_size=kid_size),
-        "P&R": lambda: M.precision_recall(real_dev, fake_dev, k=3),
-        "D&C": lambda: M.density_coverage(real_dev, fake_dev, k=5),
+        "P&R": keep("P&R genlab", lambda: M.precision_recall(real_dev, fake_dev, k=3)),
+        "D&C": keep("D&C genlab", lambda: M.density_coverage(real_dev, fake_dev, k=5)),
     }
-    return [(name, timed(ref[name], device, repeats), timed(ours[name], device, repeats)) for name in ref]
+    float64 = {
+        "P&R": keep("P&R all-float64", lambda: M.precision_recall(real_dev, fake_dev, k=3, dtype=torch.float64)),
+        "D&C": keep("D&C all-float64", lambda: M.density_coverage(real_dev, fake_dev, k=5, dtype=torch.float64)),
+    }
+    ref_s = {name: timed(ref[name], device, repeats) for name in ref}
+    rows = [(name, ref_s[name], timed(ours[name], device, repeats)) for name in ref]
+    rows += [
+        (f"{name} all-float64 (dtype=float64)", ref_s[name], timed(f, device, repeats)) for name, f in float64.items()
+    ]
+    pr, dc = values["P&R torch-fidelity"], values["D&C prdc"]
+    print(f"P&R genlab {values['P&R genlab']}, all-float64 {values['P&R all-float64']}, torch-fidelity", end=" ")
+    print((pr["precision"], pr["recall"]))
+    print(f"D&C genlab {values['D&C genlab']}, all-float64 {values['D&C all-float64']}, prdc", end=" ")
+    print((dc["density"], dc["coverage"]))
+    return rows
+
+
+def quiet(fn: Callable[..., dict], *args: object, **kwargs: object) -> dict:
+    """`fn(*args, **kwargs)` with its prints swallowed (prdc prints its sample counts)."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        return fn(*args, **kwargs)
 
 
 def random_inception_weights(folder: str) -> str:
@@ -187,6 +217,10 @@ def main() -> None:
         print(f"{name:<42} {ref:12.3f} {ours:10.3f} {ref / ours:6.2f}x")
     total_ref, total_ours = sum(r[1] for r in rows[:4]), sum(r[2] for r in rows[:4])
     print(f"{'metric math total':<42} {total_ref:12.3f} {total_ours:10.3f} {total_ref / total_ours:6.2f}x")
+    seconds = {name: ours for name, _, ours in rows}
+    for name in ("P&R", "D&C"):
+        before, after = seconds[f"{name} all-float64 (dtype=float64)"], seconds[name]
+        print(f"{name}: float32 with exact rechecks is {before / after:.2f}x as fast as all-float64")
     if args.targets:
         with tempfile.TemporaryDirectory() as tmp:
             weights = args.weights or random_inception_weights(tmp)

@@ -283,6 +283,7 @@ def test_tie_and_duplicate_conventions_match_the_references() -> None:
     assert precision != pytest.approx(ref["precision"])  # prdc's own precision (strict `<`) differs on ties
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("chunk_size", [1, 13, 100])
 def test_knn_metrics_do_not_depend_on_chunk_size(chunk_size: int) -> None:
     real, fake = gaussian(120, 8, seed=10), gaussian(90, 8, seed=11, shift=0.2)
