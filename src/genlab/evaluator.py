@@ -7,7 +7,9 @@ features -> statistics -> metric):
 - real side: the whole training split and the held-out split (the test split where the dataset has one, else
   the validation split), extracted once and cached on disk under a hash of the images themselves, the
   extractor, its weights hash and the precision; FID, KID, P&R and D&C use a fixed random subset of the
-  training split as large as the generated set;
+  training split as large as the generated set. What the metrics derive from the real side alone (FID's
+  statistics and covariance square root, the k-NN radii, KID's real-real kernel sums, the novelty thresholds) is
+  computed once per real side (`Evaluator.memo`) and cached on disk beside its features;
 - fake side: `sample()` in seeded batches (`genlab.feature_sets`), split across DDP ranks and gathered; batches
   that run out of GPU memory are redone in halves.
 
@@ -18,6 +20,8 @@ non-finite is left out of the results with an error line naming it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -40,9 +44,12 @@ from genlab.feature_sets import (
 )
 from genlab.features.base import ExtractorFactory, FeatureExtractor
 from genlab.features.cache import load_or_compute, tensors_hash
+from genlab.metrics.frechet import FidReference
 from genlab.metrics.knn import nearest
 
 log = logging.getLogger(__name__)
+
+IN_MEMORY_ONLY = ("train-translations",)  # memo results not written to the disk cache (see `Evaluator.memo`)
 
 
 def reference_index(n_total: int, n: int) -> Tensor:
@@ -82,6 +89,17 @@ def finite_only(results: dict[str, float]) -> dict[str, float]:
         if not math.isfinite(value):
             log.error(f"eval: {key} came out as {value}; it is not reported")
     return {key: value for key, value in results.items() if math.isfinite(value)}
+
+
+def on_device(obj: Any, device: torch.device) -> Any:
+    """`obj` (a tensor, a FidReference, a number, or tuples, lists and dicts of them) with its tensors on `device`."""
+    if isinstance(obj, Tensor | FidReference):
+        return obj.to(device)
+    if isinstance(obj, tuple | list):
+        return type(obj)(on_device(x, device) for x in obj)
+    if isinstance(obj, dict):
+        return {k: on_device(v, device) for k, v in obj.items()}
+    return obj
 
 
 @dataclass
@@ -146,6 +164,7 @@ class Evaluator:
         self._heldout: FeatureSet | None = None
         self._reference: FeatureSet | None = None
         self._memo: dict[Any, Any] = {}
+        self._real_keys: list[dict] = []  # the cache keys of the real splits that the memo's results derive from
         self.skipped: dict[str, str] = {}  # metric name -> why it could not be computed (logged once)
 
     @property
@@ -166,6 +185,7 @@ class Evaluator:
         if self._data is not datamodule:
             datamodule.setup("fit")
             held = datamodule.test_set if datamodule.test_set is not None else datamodule.val_set
+            self._real_keys = []
             self._train = self.real_features(datamodule, datamodule.train_set, "train", device, progress)
             self._heldout = self.real_features(datamodule, held, "heldout", device, progress) if held else None
             self._data, self._memo = datamodule, {}
@@ -186,6 +206,7 @@ class Evaluator:
             "hash": e.weights_hash(),
             "precision": e.precision,
         }
+        self._real_keys.append(key)
         path = None
         if self.cache_dir:
             path = (
@@ -278,10 +299,17 @@ class Evaluator:
             self.skipped[name] = why
             log.info(f"eval: {name} skipped: {why}")
 
-    def memo(self, key: Any, compute: Callable[[], Any]) -> Any:
-        """`compute()` once per real side: for results that depend on real data only."""
+    def memo(self, key: tuple, compute: Callable[[], Any]) -> Any:
+        """`compute()` once per real side: for results that depend on real data only (`key`: a tuple naming the
+        result and its settings). Kept in memory, and on disk beside the real features when there is a cache
+        (not the translated training features, which are as large as the features times the translations)."""
         if key not in self._memo:
-            self._memo[key] = compute()
+            path, cache_key = None, {"real": self._real_keys, "num_samples": self.num_samples, "memo": repr(key)}
+            if self.cache_dir and key[0] not in IN_MEMORY_ONLY:
+                digest = hashlib.sha256(json.dumps(cache_key, sort_keys=True).encode()).hexdigest()[:16]
+                path = Path(self.cache_dir) / "features" / f"derived-{self._data.name}-{key[0]}-{digest}.pt"
+            found, computed = load_or_compute(path, cache_key, compute, classes=(FidReference,))
+            self._memo[key] = found if computed else on_device(found, self._train.features.device)
         return self._memo[key]
 
     def train_translations(self, pixels: int) -> Tensor:

@@ -110,6 +110,15 @@ class Metric:
             raise ValueError(f"metric {self.name!r} needs {sorted(unknown)}; known needs: {list(NEEDS)}")
 
 
+# The real side's share of each metric (FID's statistics and covariance square root, the k-NN radii, KID's real-real
+# kernel sums) depends on the real features alone: computed once per real side through `Inputs.memo`.
+
+
+def _fid(real: FeatureSet, name: str, i: Inputs) -> float:
+    reference = i.memo(("fid-reference", name), lambda: M.fid_reference(real.features))
+    return M.fid(real.features, i.fake.features, reference=reference)
+
+
 def _kid(i: Inputs, s: dict[str, Any]) -> tuple[float, float]:
     size = s["kid_subset_size"]
     if min(len(i.real), len(i.fake)) < size:
@@ -117,7 +126,13 @@ def _kid(i: Inputs, s: dict[str, Any]) -> tuple[float, float]:
             f"KID subsets of {size} need at least that many real and fake samples, got {len(i.real)} real and "
             f"{len(i.fake)} fake: lower eval.kid_subset_size or raise eval.num_samples"
         )
-    return M.kid(i.real.features, i.fake.features, s["kid_subsets"], size, s["kid_seed"])
+    draws = (len(i.fake), s["kid_subsets"], size, s["kid_seed"])
+    real_sums = i.memo(("kid-real-sums", *draws), lambda: M.kid_real_sums(i.real.features, *draws))
+    return M.kid(i.real.features, i.fake.features, s["kid_subsets"], size, s["kid_seed"], real_sums=real_sums)
+
+
+def _real_radii(i: Inputs, k: int) -> Tensor:
+    return i.memo(("knn-radii", k), lambda: M.knn_radii(i.real.features, k, squared=True))
 
 
 def _copy_rate(i: Inputs, s: dict[str, Any]) -> float:
@@ -129,7 +144,7 @@ def _copy_rate(i: Inputs, s: dict[str, Any]) -> float:
 
 
 def _authenticity(i: Inputs, s: dict[str, Any]) -> float:
-    radius = i.memo("train-nearest-other", lambda: M.nearest_other_distance(i.train.features))
+    radius = i.memo(("train-nearest-other",), lambda: M.nearest_other_distance(i.train.features))
     return M.authenticity(i.train.features, i.fake.features, train_radius=radius)
 
 
@@ -153,11 +168,11 @@ def _cas(i: Inputs, s: dict[str, Any]) -> tuple[float, float]:
 
 
 TABLE: tuple[Metric, ...] = (
-    Metric("fid", ("fid",), lambda i, s: M.fid(i.real.features, i.fake.features)),
+    Metric("fid", ("fid",), lambda i, s: _fid(i.real, "reference", i)),
     Metric(
         "fid_heldout",
         ("fid_heldout",),
-        lambda i, s: M.fid(i.heldout.features, i.fake.features),
+        lambda i, s: _fid(i.heldout, "heldout", i),
         needs=("heldout",),  # far above `fid`: the samples are closer to the training images than to new ones
     ),
     Metric(
@@ -181,14 +196,18 @@ TABLE: tuple[Metric, ...] = (
     Metric(
         "pr",
         ("precision", "recall"),
-        lambda i, s: M.precision_recall(i.real.features, i.fake.features, k=s["pr_k"]),
+        lambda i, s: M.precision_recall(
+            i.real.features, i.fake.features, k=s["pr_k"], real_radii=_real_radii(i, s["pr_k"])
+        ),
         settings={"pr_k": Setting(3, COUNT)},
         digits=3,
     ),
     Metric(
         "dc",
         ("density", "coverage"),
-        lambda i, s: M.density_coverage(i.real.features, i.fake.features, k=s["dc_k"]),
+        lambda i, s: M.density_coverage(
+            i.real.features, i.fake.features, k=s["dc_k"], real_radii=_real_radii(i, s["dc_k"])
+        ),
         settings={"dc_k": Setting(5, COUNT)},
         digits=3,
     ),

@@ -48,8 +48,9 @@ def atomic_save(obj: Any, path: str | os.PathLike, key: dict) -> None:
     atomic_write(path, write)
 
 
-def checked_load(path: str | os.PathLike, key: dict) -> Any | None:
-    """The payload saved at `path` under `key`, or None (with a log line saying why) if it cannot be trusted."""
+def checked_load(path: str | os.PathLike, key: dict, classes: tuple[type, ...] = ()) -> Any | None:
+    """The payload saved at `path` under `key`, or None (with a log line saying why) if it cannot be trusted.
+    `classes`: genlab classes the payload may hold besides what `weights_only` loading accepts."""
     path = Path(path)
     if not path.is_file():
         log.debug(f"cache {path} does not exist yet")
@@ -70,7 +71,8 @@ def checked_load(path: str | os.PathLike, key: dict) -> Any | None:
         log.warning(f"cache {path} is truncated or corrupt ({len(payload)} of {header.get('size')} bytes): recomputing")
         return None
     try:
-        return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(list(classes)):
+            return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
     except Exception as err:  # e.g. written by another torch version: recomputing is always safe
         log.warning(f"cache {path} cannot be loaded ({type(err).__name__}: {err}): recomputing")
         return None
@@ -101,15 +103,18 @@ def tensors_hash(*tensors: Tensor) -> str:
     return digest.hexdigest()[:16]
 
 
-def load_or_compute(path: str | os.PathLike | None, key: dict, compute: Callable[[], Any]) -> tuple[Any, bool]:
+def load_or_compute(
+    path: str | os.PathLike | None, key: dict, compute: Callable[[], Any], classes: tuple[type, ...] = ()
+) -> tuple[Any, bool]:
     """(the valid cache at `path`, False), else (`compute()`, True) after saving it there; None: no cache.
+    `classes` as in `checked_load`.
 
     Under `file_lock`: of several processes that start together, one computes and the others read its file.
     """
     if path is None:
         return compute(), True
     with file_lock(path):
-        cached = checked_load(path, key)
+        cached = checked_load(path, key, classes)
         if cached is not None:
             return cached, False
         obj = compute()

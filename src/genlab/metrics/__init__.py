@@ -2,7 +2,8 @@
 
 Each function matches a reference implementation (see the module docstrings and tests/test_metrics.py):
 
-- `fid`, `fid_from_stats`, `FeatureStats`: Fréchet Inception Distance (Heusel et al. 2017; torch-fidelity, torchmetrics)
+- `fid`, `fid_from_stats`, `fid_reference`, `FeatureStats`: Fréchet Inception Distance (Heusel et al. 2017;
+  torch-fidelity, torchmetrics)
 - `inception_score`: Inception Score (Salimans et al. 2016; torch-fidelity)
 - `kid`: Kernel Inception Distance (Bińkowski et al. 2018; torch-fidelity)
 - `precision_recall`: improved precision & recall (Kynkäänniemi et al. 2019; torch-fidelity)
@@ -19,9 +20,9 @@ Arguments are `real_*` / `fake_*` tensors; results are Python floats (pairs as t
 from genlab.metrics.cas import classification_accuracy_score
 from genlab.metrics.classes import class_kl, classes_covered
 from genlab.metrics.conditional import classifier_accuracy, intra_fid
-from genlab.metrics.frechet import FeatureStats, fid, fid_from_stats
+from genlab.metrics.frechet import FeatureStats, FidReference, fid, fid_from_stats, fid_reference
 from genlab.metrics.inception import inception_score
-from genlab.metrics.kernel_distance import kid
+from genlab.metrics.kernel_distance import kid, kid_real_sums
 from genlab.metrics.knn import density_coverage, knn_radii, nearest, precision_recall
 from genlab.metrics.novelty import (
     authenticity,
@@ -34,6 +35,7 @@ from genlab.metrics.novelty import (
 
 __all__ = [
     "FeatureStats",
+    "FidReference",
     "authenticity",
     "class_kl",
     "classes_covered",
@@ -45,9 +47,11 @@ __all__ = [
     "density_coverage",
     "fid",
     "fid_from_stats",
+    "fid_reference",
     "inception_score",
     "intra_fid",
     "kid",
+    "kid_real_sums",
     "kmeans",
     "knn_radii",
     "nearest",

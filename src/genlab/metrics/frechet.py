@@ -15,6 +15,7 @@ runs in float64 on the statistics' own device (CPU or CUDA): no scipy, no host r
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -185,34 +186,71 @@ def sqrtm_psd(matrix: Tensor) -> Tensor:
     return (eigenvectors * eigenvalues.clamp(min=0).sqrt()) @ eigenvectors.T
 
 
-def trace_sqrt_product(sigma_a: Tensor, sigma_b: Tensor) -> Tensor:
-    """tr sqrt(sigma_a sigma_b) >= 0 for symmetric PSD (D, D) matrices, as a 0-d tensor on their device."""
-    root = sqrtm_psd(sigma_a)
+def trace_sqrt_product(sigma_a: Tensor, sigma_b: Tensor, root_a: Tensor | None = None) -> Tensor:
+    """tr sqrt(sigma_a sigma_b) >= 0 for symmetric PSD (D, D) matrices, as a 0-d tensor on their device;
+    `root_a`: sigma_a's `sqrtm_psd`, when already known (then one symmetric eigendecomposition, not two)."""
+    root = sqrtm_psd(sigma_a) if root_a is None else root_a
     inner = root @ sigma_b @ root
     inner = (inner + inner.T) / 2  # symmetric up to rounding; make it exactly so for eigvalsh
     return torch.linalg.eigvalsh(inner).clamp(min=0).sqrt().sum()
 
 
-def fid_from_stats(real: Statistics, fake: Statistics) -> float:
-    """FID >= 0 between two feature distributions given as FeatureStats or (mu (D,), sigma (D, D)) pairs.
+@dataclass(frozen=True)
+class FidReference:
+    """The real side of FID prepared once for many evaluations: mean (D,), covariance (D, D) and the covariance's
+    symmetric square root, all float64. `fid_from_stats(reference, fake)` then costs one symmetric
+    eigendecomposition (of root S_f root) instead of two."""
+
+    mean: Tensor
+    covariance: Tensor
+    root: Tensor
+
+    @classmethod
+    def of(cls, stats: Statistics) -> FidReference:
+        """From FeatureStats or a (mu, sigma) pair (`fid_reference` for features)."""
+        mean, covariance = _mean_and_covariance(stats, "real")
+        return cls(mean, covariance, sqrtm_psd(covariance))
+
+    def to(self, device: torch.device | str) -> FidReference:
+        return FidReference(self.mean.to(device), self.covariance.to(device), self.root.to(device))
+
+
+def fid_reference(real_features: Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE) -> FidReference:
+    """The `FidReference` of real (N, D) features, N >= 2, on their device."""
+    check_features("real_features", real_features, 2, "a covariance (FID)")
+    return FidReference.of(FeatureStats().update(real_features, chunk_size))
+
+
+def fid_from_stats(real: Statistics | FidReference, fake: Statistics) -> float:
+    """FID >= 0 between two feature distributions given as FeatureStats or (mu (D,), sigma (D, D)) pairs; `real`
+    may be a `FidReference` (its square root is reused).
 
     Computed in float64 on the device of `real`'s statistics (`fake`'s are moved there).
     """
-    mu_r, sigma_r = _mean_and_covariance(real, "real")
+    if isinstance(real, FidReference):
+        mu_r, sigma_r, root_r = real.mean, real.covariance, real.root
+    else:
+        (mu_r, sigma_r), root_r = _mean_and_covariance(real, "real"), None
     mu_f, sigma_f = _mean_and_covariance(fake, "fake")
     if mu_r.shape != mu_f.shape:
         raise ValueError(f"real statistics have D={mu_r.shape[0]} but fake have D={mu_f.shape[0]}; they must match")
     mu_f, sigma_f = mu_f.to(mu_r.device), sigma_f.to(mu_r.device)
     diff = mu_r - mu_f
-    value = diff.dot(diff) + sigma_r.trace() + sigma_f.trace() - 2 * trace_sqrt_product(sigma_r, sigma_f)
+    tr_sqrt = trace_sqrt_product(sigma_r, sigma_f, root_r)
+    value = diff.dot(diff) + sigma_r.trace() + sigma_f.trace() - 2 * tr_sqrt
     return max(float(value), 0.0)
 
 
-def fid(real_features: Tensor, fake_features: Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE) -> float:
-    """FID >= 0 between real (N_r, D) and fake (N_f, D) features (N >= 2 each, same device); see `fid_from_stats`."""
+def fid(
+    real_features: Tensor,
+    fake_features: Tensor,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    reference: FidReference | None = None,
+) -> float:
+    """FID >= 0 between real (N_r, D) and fake (N_f, D) features (N >= 2 each, same device); see `fid_from_stats`.
+    `reference`: `fid_reference(real_features)`, when kept from an earlier call (then only the fake side is new)."""
     check_features("real_features", real_features, 2, "a covariance (FID)")
     check_features("fake_features", fake_features, 2, "a covariance (FID)")
     check_pair(real_features, fake_features)
-    real = FeatureStats().update(real_features, chunk_size)
-    fake = FeatureStats().update(fake_features, chunk_size)
-    return fid_from_stats(real, fake)
+    real = fid_reference(real_features, chunk_size) if reference is None else reference
+    return fid_from_stats(real, FeatureStats().update(fake_features, chunk_size))

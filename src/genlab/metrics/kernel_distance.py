@@ -15,7 +15,8 @@ the generated set). So `kid(real, fake, seed=s)` uses the same subsets as torch-
 Kernels are evaluated in float64 on the features' device (torch-fidelity uses numpy in the features' dtype, so feed
 it float64 features to compare). When the full kernel matrices are cheaper than the per-subset ones (few samples,
 many subsets) each is computed once and all subsets' sums come from one product with a 0/1 membership matrix;
-otherwise each subset's three (m, m) kernels are computed in turn.
+otherwise each subset's three (m, m) kernels are computed in turn. The real-real sums depend on the real side and the
+draws alone: `kid_real_sums` computes them once for an evaluator to keep.
 """
 
 from __future__ import annotations
@@ -37,13 +38,6 @@ def polynomial_kernel(x: Tensor, y: Tensor) -> Tensor:
     return kernel.mul_(1.0 / x.shape[1]).add_(1).pow_(3)  # in place: one (n, m) buffer
 
 
-def mmd2_unbiased(k_xx: Tensor, k_xy: Tensor, k_yy: Tensor) -> Tensor:
-    """Unbiased MMD^2 (0-d tensor, may be slightly negative) from (m, m) kernel matrices, m >= 2."""
-    m = k_xx.shape[0]
-    within = (k_xx.sum() - k_xx.diagonal().sum()) + (k_yy.sum() - k_yy.diagonal().sum())
-    return within / (m * (m - 1)) - 2 * k_xy.sum() / (m * m)
-
-
 def _draw_subsets(n_real: int, n_fake: int, subsets: int, size: int, seed: int, device: torch.device) -> Draws:
     """[(fake indices (size,), real indices (size,))] per subset on `device`, in torch-fidelity's draw order."""
     rng = np.random.RandomState(seed)
@@ -51,36 +45,58 @@ def _draw_subsets(n_real: int, n_fake: int, subsets: int, size: int, seed: int, 
     return [(torch.from_numpy(f).to(device), torch.from_numpy(r).to(device)) for f, r in draws]
 
 
-def _mmd2_per_subset(real: Tensor, fake: Tensor, draws: Draws) -> Tensor:
-    """(subsets,) MMD^2, computing each subset's three (m, m) kernels."""
-    mmds = []
-    for f_idx, r_idx in draws:
-        f, r = fake[f_idx], real[r_idx]
-        mmds.append(mmd2_unbiased(polynomial_kernel(f, f), polynomial_kernel(f, r), polynomial_kernel(r, r)))
-    return torch.stack(mmds)
+def _within_sums(x: Tensor, subsets: list[Tensor]) -> Tensor:
+    """(subsets,) float64 sum over i != j of the kernel k(x_a, x_b) for each subset's indices a, b of (N, D) `x`:
+    from the full (N, N) kernel and a 0/1 membership matrix W when that is cheaper than the subsets' own (m, m)
+    kernels (with K the full kernel, subset s sums (K W)[:, s] . W[:, s]), else subset by subset."""
+    m = len(subsets[0])
+    if not _full_is_cheaper(len(x), len(x), len(subsets), m):
+        return torch.stack([_off_diagonal_sum(polynomial_kernel(x[idx], x[idx])) for idx in subsets])
+    w = _membership(len(x), subsets, x.device)
+    k = polynomial_kernel(x, x)
+    return ((k @ w) * w).sum(dim=0) - k.diagonal() @ w
 
 
-def _mmd2_from_full_kernels(real: Tensor, fake: Tensor, draws: Draws) -> Tensor:
-    """(subsets,) MMD^2 from the full kernel matrices, one at a time: with W the (N, subsets) 0/1 membership
-    matrix, the kernel sum over subset s is (K W)[:, s] . W[:, s] (no gathers; same sums as `_mmd2_per_subset`)."""
-    m = draws[0][0].shape[0]
+def _cross_sums(x: Tensor, y: Tensor, x_subsets: list[Tensor], y_subsets: list[Tensor]) -> Tensor:
+    """(subsets,) float64 sum over all (a, b) of k(x_a, y_b) for each subset pair's indices into `x` and `y`."""
+    if not _full_is_cheaper(len(x), len(y), len(x_subsets), len(x_subsets[0])):
+        return torch.stack([polynomial_kernel(x[a], y[b]).sum() for a, b in zip(x_subsets, y_subsets, strict=True)])
+    w_x, w_y = _membership(len(x), x_subsets, x.device), _membership(len(y), y_subsets, x.device)
+    return ((polynomial_kernel(x, y) @ w_y) * w_x).sum(dim=0)
 
-    def membership(n: int, side: int) -> Tensor:
-        w = torch.zeros(n, len(draws), dtype=torch.float64, device=real.device)
-        w[torch.stack([d[side] for d in draws], dim=1), torch.arange(len(draws), device=real.device)] = 1
-        return w
 
-    w_f, w_r = membership(fake.shape[0], 0), membership(real.shape[0], 1)
-    within = 0
-    for x, w in ((fake, w_f), (real, w_r)):
-        k = polynomial_kernel(x, x)
-        within = within + ((k @ w) * w).sum(dim=0) - k.diagonal() @ w
-    cross = ((polynomial_kernel(fake, real) @ w_r) * w_f).sum(dim=0)
-    return within / (m * (m - 1)) - 2 * cross / (m * m)
+def _off_diagonal_sum(k: Tensor) -> Tensor:
+    return k.sum() - k.diagonal().sum()
+
+
+def _full_is_cheaper(n_x: int, n_y: int, subsets: int, m: int) -> bool:
+    """Whether one full (n_x, n_y) kernel costs less than `subsets` (m, m) ones (and fits in CACHE_MAX_ELEMENTS)."""
+    return n_x * n_y <= CACHE_MAX_ELEMENTS and n_x * n_y <= subsets * m * m
+
+
+def _membership(n: int, subsets: list[Tensor], device: torch.device) -> Tensor:
+    """(n, subsets) float64 0/1 matrix: W[a, s] = 1 where index a is in subset s."""
+    w = torch.zeros(n, len(subsets), dtype=torch.float64, device=device)
+    w[torch.stack(subsets, dim=1), torch.arange(len(subsets), device=device)] = 1
+    return w
+
+
+def kid_real_sums(
+    real_features: Tensor, n_fake: int, subsets: int = 100, subset_size: int = 1000, seed: int = 0
+) -> Tensor:
+    """(subsets,) real-real kernel sums of `kid`'s subsets for this real side against `n_fake` generated samples:
+    they depend on the real features and the draws alone, so an evaluator keeps them and passes `real_sums`."""
+    draws = _draw_subsets(real_features.shape[0], n_fake, subsets, subset_size, seed, real_features.device)
+    return _within_sums(real_features, [r for _, r in draws])
 
 
 def kid(
-    real_features: Tensor, fake_features: Tensor, subsets: int = 100, subset_size: int = 1000, seed: int = 0
+    real_features: Tensor,
+    fake_features: Tensor,
+    subsets: int = 100,
+    subset_size: int = 1000,
+    seed: int = 0,
+    real_sums: Tensor | None = None,
 ) -> tuple[float, float]:
     """(mean, std) of KID between real (N_r, D) and fake (N_f, D) features; mean ~ 0 for equal distributions.
 
@@ -89,6 +105,8 @@ def kid(
         subsets: number of random subset pairs (>= 1).
         subset_size: samples per side in each subset (>= 2).
         seed: seed of the numpy RandomState that draws the subsets (torch-fidelity's `rng_seed`).
+        real_sums: `kid_real_sums(real_features, N_f, subsets, subset_size, seed)`, kept from an earlier call with
+            the same real side (then only the fake-fake and fake-real kernels are computed).
     """
     check_int("subsets", subsets, 1)
     check_int("subset_size", subset_size, 2)
@@ -98,10 +116,13 @@ def kid(
     check_pair(real_features, fake_features)
     n_real, n_fake = real_features.shape[0], fake_features.shape[0]
     draws = _draw_subsets(n_real, n_fake, subsets, subset_size, seed, real_features.device)
-    full_elements = n_fake**2 + n_fake * n_real + n_real**2
-    if max(n_real, n_fake) ** 2 <= CACHE_MAX_ELEMENTS and full_elements <= 3 * subsets * subset_size**2:
-        mmds = _mmd2_from_full_kernels(real_features, fake_features, draws)
-    else:
-        mmds = _mmd2_per_subset(real_features, fake_features, draws)
+    fake_idx, real_idx = [f for f, _ in draws], [r for _, r in draws]
+    if real_sums is None:
+        real_sums = _within_sums(real_features, real_idx)
+    elif real_sums.shape != (subsets,):
+        raise ValueError(f"real_sums has shape {tuple(real_sums.shape)}, expected ({subsets},): see kid_real_sums")
+    m = subset_size
+    within = _within_sums(fake_features, fake_idx) + real_sums.to(real_features.device)
+    mmds = within / (m * (m - 1)) - 2 * _cross_sums(fake_features, real_features, fake_idx, real_idx) / (m * m)
     mean, std = torch.stack([mmds.mean(), mmds.std(correction=0)]).tolist()
     return mean, std

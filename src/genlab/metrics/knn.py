@@ -274,9 +274,14 @@ class _Setup:
         real, fake = (Centred.of(x, centre, chunk_size) for x in (real_features, fake_features))
         return _Setup(real, fake, _levels(dtype, float(torch.cat([real.sq, fake.sq]).max())), chunk_size)
 
-    def balls(self, side: Centred, k: int, on_rows: bool, strict: bool) -> _Balls:
-        """The k-NN balls of one side, as the rows or the columns of the (real, fake) blocks."""
-        radii = _exact_radii(side, k, self.chunk_size, self.levels)
+    def balls(self, side: Centred, k: int, on_rows: bool, strict: bool, radii: Tensor | None = None) -> _Balls:
+        """The k-NN balls of one side, as the rows or the columns of the (real, fake) blocks; `radii`: their exact
+        squared radii, when known."""
+        if radii is None:
+            radii = _exact_radii(side, k, self.chunk_size, self.levels)
+        elif radii.shape != side.sq.shape:
+            raise ValueError(f"radii have shape {tuple(radii.shape)}, expected ({len(side.sq)},): see knn_radii")
+        radii = radii.to(device=side.sq.device, dtype=torch.float64)
         return _Balls(radii, side.sq, float(torch.cat([self.real.sq, self.fake.sq]).max()), on_rows, strict)
 
     def _classify(self, balls: list[_Balls], squared: Tensor, rows: slice, cols: slice) -> tuple[list, Tensor]:
@@ -307,12 +312,15 @@ def knn_radii(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     centre: Tensor | None = None,
     dtype: torch.dtype = torch.float32,
+    squared: bool = False,
 ) -> Tensor:
     """(N,) float64 distance of each sample to its k-th nearest other sample in `features` (N, D), N >= k + 1: the
-    square root of its `exact_squared_distances`; `centre` (default: `feature_mean`) and `dtype` (as in
+    square root of its `exact_squared_distances` (`squared`: that exact value itself, which `precision_recall` and
+    `density_coverage` take as `real_radii`); `centre` (default: `feature_mean`) and `dtype` (as in
     `precision_recall`) change only the speed."""
     x = Centred.of(features, feature_mean(features) if centre is None else centre, chunk_size)
-    return _exact_radii(x, k, chunk_size, _levels(dtype, float(x.sq.max()))).sqrt()
+    radii = _exact_radii(x, k, chunk_size, _levels(dtype, float(x.sq.max())))
+    return radii if squared else radii.sqrt()
 
 
 def _check_knn(real: Tensor, fake: Tensor, k: int, chunk_size: int, fake_needs_radii: bool) -> None:
@@ -331,6 +339,7 @@ def precision_recall(
     k: int = 3,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     dtype: torch.dtype = torch.float32,
+    real_radii: Tensor | None = None,
 ) -> tuple[float, float]:
     """Improved (precision, recall), both in [0, 1], of fake (N_f, D) against real (N_r, D) features.
 
@@ -338,11 +347,12 @@ def precision_recall(
     recall: fraction of real samples within the k-NN radius of some fake sample (diversity).
     Needs N_r, N_f >= k + 1. `dtype`: the matmul precision of the first pass, torch.float32 (fast) or torch.float64
     (every distance in float64, the former path); every decision is exact either way, so the result depends on
-    neither it nor `chunk_size` (block edge, >= 1).
+    neither it nor `chunk_size` (block edge, >= 1). `real_radii`: `knn_radii(real_features, k, squared=True)`,
+    kept from an earlier call with the same real side.
     """
     _check_knn(real_features, fake_features, k, chunk_size, fake_needs_radii=True)
     setup = _Setup.of(real_features, fake_features, chunk_size, dtype)
-    real_balls = setup.balls(setup.real, k, on_rows=True, strict=False)
+    real_balls = setup.balls(setup.real, k, on_rows=True, strict=False, radii=real_radii)
     fake_balls = setup.balls(setup.fake, k, on_rows=False, strict=False)
     fake_in_real = torch.zeros(fake_features.shape[0], dtype=torch.bool, device=fake_features.device)
     real_in_fake = torch.zeros(real_features.shape[0], dtype=torch.bool, device=real_features.device)
@@ -360,16 +370,18 @@ def density_coverage(
     k: int = 5,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     dtype: torch.dtype = torch.float32,
+    real_radii: Tensor | None = None,
 ) -> tuple[float, float]:
     """(density, coverage) of fake (N_f, D) against real (N_r, D) features; density in [0, N_r / k], coverage in [0, 1].
 
     density: mean number of real k-NN balls containing a fake sample, divided by k (~1 for matching distributions);
     coverage: fraction of real samples whose k-NN ball contains a fake sample. Needs N_r >= k + 1, N_f >= 1;
     `dtype` as in `precision_recall`: the result depends on neither it nor `chunk_size` (block edge, >= 1).
+    `real_radii` as in `precision_recall`.
     """
     _check_knn(real_features, fake_features, k, chunk_size, fake_needs_radii=False)
     setup = _Setup.of(real_features, fake_features, chunk_size, dtype)
-    real_balls = setup.balls(setup.real, k, on_rows=True, strict=True)
+    real_balls = setup.balls(setup.real, k, on_rows=True, strict=True, radii=real_radii)
     counts = torch.zeros(fake_features.shape[0], dtype=torch.int64, device=fake_features.device)
     covered = torch.zeros(real_features.shape[0], dtype=torch.bool, device=real_features.device)
     for rows, cols, (inside,) in setup.inside_blocks([real_balls]):
