@@ -152,7 +152,7 @@ def wait_for(marker: Path, process: subprocess.Popen, timeout: float = 120) -> N
 
 def interrupt_evaluation(root: Path, signum: int, *overrides: str) -> tuple[Path, dict]:
     """Send `signum` to a run while its evaluation samples; its run folder and status.json once it has stopped,
-    which must be within seconds, with exit code 128 + the signal's number."""
+    which must be within seconds (20 s allows a loaded 2-core machine), with exit code 128 + the signal's number."""
     marker = root.parent / "sampling"
     stall = ["+callbacks.stall._target_=conftest.StallEvalSampling", f"+callbacks.stall.marker={marker}"]
     process = start(command(root, *EVAL, *stall, *overrides))
@@ -162,7 +162,7 @@ def interrupt_evaluation(root: Path, signum: int, *overrides: str) -> tuple[Path
     code, stdout, stderr = finish(process, timeout=30)
     took = time.monotonic() - sent
     assert code == 128 + signum, stderr[-3000:]
-    assert took < 5, f"the run took {took:.1f} s to stop"
+    assert took < 20, f"the run took {took:.1f} s to stop"  # the stall never ends: without the signal, never
     folder = run_folder(root)
     status = json.loads((folder / "status.json").read_text())
     assert status["status"] == "interrupted" and status["signal"] == signum

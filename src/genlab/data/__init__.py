@@ -1,6 +1,6 @@
 """DataModules: images in [-1, 1] with integer labels, a deterministic validation split."""
 
-from genlab.data.base import ImageDataModule, ImageTensorDataset
+from genlab.data.base import ImageDataModule, ImageTensorDataset, TensorLoader
 from genlab.data.synthetic import SyntheticDataModule, make_shapes
 from genlab.data.vision import (
     CIFAR10DataModule,
@@ -17,5 +17,6 @@ __all__ = [
     "ImageTensorDataset",
     "MNISTDataModule",
     "SyntheticDataModule",
+    "TensorLoader",
     "make_shapes",
 ]
