@@ -46,6 +46,7 @@ from genlab.features.base import ExtractorFactory, FeatureExtractor
 from genlab.features.cache import load_or_compute, tensors_hash
 from genlab.metrics.frechet import FidReference
 from genlab.metrics.knn import nearest
+from genlab.speed import speed_up
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,7 @@ class Evaluator:
         batch_size: images per `sample()` call and per extractor batch.
         precision: the arithmetic of feature extraction, fp32 | tf32 | bf16 (`genlab.features.precision`);
             recorded with every number.
+        channels_last, compile: the extractor in channels_last memory format, compiled (`genlab.speed`).
         cache_dir: where real features and trained extractors are cached (None: no cache).
         seed: seed of the sampling noise (the same samples every evaluation for the same weights).
         progress: progress bars while sampling and extracting.
@@ -134,6 +136,8 @@ class Evaluator:
         num_samples: int = 5000,
         batch_size: int = 500,
         precision: str = "fp32",
+        channels_last: bool = False,
+        compile: bool = False,
         cache_dir: str | None = None,
         seed: int = 0,
         progress: bool = True,
@@ -157,6 +161,7 @@ class Evaluator:
         # found now, not after the first training epoch; against the reference's size again in `setup`
         metric_table.check_sample_counts(self.metric_names, self.settings, num_samples, num_real=None)
         self.num_samples, self.batch_size, self.precision = num_samples, batch_size, precision
+        self.channels_last, self.compile = channels_last, compile
         self.cache_dir, self.seed, self.progress = cache_dir, seed, progress
         self.extractor: FeatureExtractor | None = None
         self._data: Any = None
@@ -182,6 +187,7 @@ class Evaluator:
                     datamodule=datamodule, cache_dir=folder, precision=self.precision, progress=progress
                 )
             self.extractor = self.extractor.to(device).eval()
+            speed_up(self.extractor, self.channels_last, self.compile, "eval: extractor", device)
         if self._data is not datamodule:
             datamodule.setup("fit")
             held = datamodule.test_set if datamodule.test_set is not None else datamodule.val_set

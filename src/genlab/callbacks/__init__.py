@@ -1,9 +1,11 @@
-"""Callbacks: evaluation, sample grids, resumable RNG state, mid-epoch checkpoints and the finite-loss guard."""
+"""Callbacks: evaluation, sample grids, speed switches, resumable RNG state, mid-epoch checkpoints and the
+finite-loss guard."""
 
 from genlab.callbacks.finite_loss import DivergedError, FiniteLoss, SafeOnExceptionCheckpoint
 from genlab.callbacks.generative_eval import BestFIDCheckpoint, GenerativeEval
 from genlab.callbacks.rng_state import RNGState
 from genlab.callbacks.sample_grid import SampleGrid
+from genlab.callbacks.speed import Speed
 from genlab.callbacks.step_checkpoint import StepCheckpoint
 
 __all__ = [
@@ -14,5 +16,6 @@ __all__ = [
     "RNGState",
     "SafeOnExceptionCheckpoint",
     "SampleGrid",
+    "Speed",
     "StepCheckpoint",
 ]
