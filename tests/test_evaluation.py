@@ -20,7 +20,7 @@ from genlab.feature_sets import FeatureSet, sample_features
 from genlab.features import RandomProjectionExtractor, random_extractor
 from genlab.metric_table import check_settings, select
 from genlab.models import VAEModule
-from genlab.train import train
+from genlab.train import evaluation_line, train
 
 EVAL = [
     "eval=default",
@@ -62,6 +62,16 @@ def test_training_logs_eval_metrics_and_keeps_the_best_fid_checkpoint(train_cfg,
     assert sorted(p.name for p in (tmp_path / "run" / "nearest").iterdir()) == ["epoch_000.png", "epoch_001.png"]
     hparams = (tmp_path / "run" / "csv" / "hparams.yaml").read_text()
     assert "eval/extractor: random-projection" in hparams or "eval/extractor: random" in hparams
+    evaluation = json.loads((tmp_path / "run" / "status.json").read_text())["evaluation"]
+    assert evaluation["evaluations"] == 2 and 0 < evaluation["seconds"] < evaluation["fit_seconds"]
+    assert evaluation["share"] == pytest.approx(evaluation["seconds"] / evaluation["fit_seconds"])
+    assert 0 < metrics["eval/seconds"] < evaluation["seconds"]  # the last of the two
+
+
+def test_the_summary_line_states_the_evaluations_share_of_the_fit() -> None:
+    info = {"evaluations": 4, "seconds": 12.34, "fit_seconds": 100.0, "share": 0.1234}
+    assert evaluation_line(info) == "\nevaluation: 4 in 12.3 s, 12% of the fit's 100 s"
+    assert evaluation_line(None) == "" and evaluation_line({"extractor": "random"}) == ""
 
 
 def test_evaluation_runs_every_n_epochs_and_at_the_last_and_best_fid_sees_only_those(train_cfg, tmp_path) -> None:

@@ -196,7 +196,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     )
     data_args = [o for o in task_overrides() if o.startswith(("data=", "data.", "paths."))]
     train_on = train_on_command(cfg.paths.output_dir, f"trainer.max_epochs={2 * trainer.current_epoch}")
-    log.info(run_summary(metrics, best_checkpoints(callbacks), cfg.paths.output_dir, data_args, train_on))
+    summary = run_summary(metrics, best_checkpoints(callbacks), cfg.paths.output_dir, data_args, train_on)
+    log.info(summary + evaluation_line(evaluation_info(callbacks)))
     return metrics
 
 
@@ -256,14 +257,24 @@ def best_fid(callbacks: list[Any]) -> float | None:
 
 
 def evaluation_info(callbacks: list[Any]) -> dict[str, Any] | None:
-    """Which extractor (name, weights hash, precision) produced the run's eval/* numbers, if any."""
+    """Which extractor (name, weights hash, precision) produced the run's eval/* numbers, if any, and the
+    evaluations' wall time and share of the fit's (`GenerativeEval.overhead`)."""
     from genlab.callbacks import GenerativeEval
 
     for callback in callbacks:
         if isinstance(callback, GenerativeEval) and callback.extractor is not None:
             e = callback.extractor
-            return {"extractor": e.name, "extractor_hash": e.weights_hash(), "precision": e.precision}
+            info = {"extractor": e.name, "extractor_hash": e.weights_hash(), "precision": e.precision}
+            return info | (callback.overhead() or {})
     return None
+
+
+def evaluation_line(info: dict[str, Any] | None) -> str:
+    """The summary's last line: how many evaluations, their time and their share of the fit ('' without)."""
+    if not info or "seconds" not in info:
+        return ""
+    n, seconds, fit = info["evaluations"], info["seconds"], info["fit_seconds"]
+    return f"\nevaluation: {n} in {seconds:.1f} s, {100 * info['share']:.0f}% of the fit's {fit:.0f} s"
 
 
 class RunStatus:

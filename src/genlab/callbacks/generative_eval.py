@@ -5,11 +5,16 @@ the same `eval` config node) and `genlab.metric_table`; this callback decides wh
 process's rank, logs `eval/*` together with the extractor's name, weights hash and precision (numbers from
 different extractors are never comparable), and writes a nearest-neighbour grid at each evaluation. An evaluation
 that meets NaN or inf samples or features logs an error and no `eval/*` number, and training goes on.
+
+Each evaluation's wall time (sampling, features, metrics, the grid; the first also builds the real side) is logged
+as `eval/seconds`, and `overhead()` gives the evaluations' share of the fit's wall time, which the run's summary
+and status.json report.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -55,18 +60,38 @@ class GenerativeEval(L.Callback):
         self.evaluated_epoch = -1  # the last epoch scored, for BestFIDCheckpoint
         self.logged_keys: set[str] = set()  # the eval/* keys logged at that epoch
         self._logged_info = False
+        self.evaluations, self.seconds = 0, 0.0  # this fit's evaluations and their wall time
+        self._fit_started: float | None = None
 
     @property
     def extractor(self):
         return self.evaluator.extractor
 
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.evaluations, self.seconds, self._fit_started = 0, 0.0, time.perf_counter()
+
+    def overhead(self) -> dict[str, float | int] | None:
+        """{evaluations, seconds (theirs), fit_seconds (the fit's so far), share (the one over the other)} of the
+        current or last fit; None before one has started."""
+        if self._fit_started is None:
+            return None
+        fit = time.perf_counter() - self._fit_started
+        share = self.seconds / fit
+        return {"evaluations": self.evaluations, "seconds": self.seconds, "fit_seconds": fit, "share": share}
+
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not self.due(trainer):
             return
+        started = time.perf_counter()
         with isolate_rng():  # evaluation must not change the training run's random stream
             scores = self.evaluate(trainer, pl_module)
-        if scores is None:
-            return
+        if scores is not None:
+            self.log_scores(trainer, pl_module, scores)
+        took = time.perf_counter() - started
+        self.evaluations, self.seconds = self.evaluations + 1, self.seconds + took
+        pl_module.log("eval/seconds", took, sync_dist=False)
+
+    def log_scores(self, trainer: L.Trainer, pl_module: L.LightningModule, scores: Scores) -> None:
         self.evaluated_epoch = trainer.current_epoch
         results = scores.metrics
         self.logged_keys = {f"eval/{k}" for k in results}
