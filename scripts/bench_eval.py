@@ -5,7 +5,10 @@
     python scripts/bench_eval.py --device cuda --targets --weights <inception.pth>   # 50k math, 10k cached scoring
 
 Metric math: FID + KID + precision/recall through torch-fidelity's functions and density/coverage through
-prdc, against genlab.metrics, on the same random 2048-d features; P&R and D&C also with every distance in float64
+prdc, against genlab.metrics, on the same random 2048-d features, interleaved (min of --repeats rounds); genlab
+also with the real side kept as an evaluator keeps it between evaluations (FID's reference statistics and covariance
+square root, KID's real-real kernel sums, the k-NN radii), and the P&R and D&C hit counts of all, which must be
+identical; P&R and D&C also with every distance in float64
 (`dtype=torch.float64`, the arithmetic before float32 with exact rechecks), and all three's values. End to end
 (needs InceptionV3 weights; a random-weights file is made when --weights is not given, which times the same
 work): torch-fidelity's `calculate_metrics` (IS + FID + KID + P&R from uint8 images) against genlab (features
@@ -26,16 +29,24 @@ import torch
 
 def timed(fn: Callable[[], object], device: torch.device, repeats: int = 1) -> float:
     """Best wall time of `repeats` calls (after one warm-up call), synchronising the device."""
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
+    return side_by_side([fn], device, repeats)[0]
+
+
+def side_by_side(fns: list[Callable[[], object]], device: torch.device, repeats: int) -> list[float]:
+    """Best wall time of each of `fns` over `repeats` rounds that call them in turn (interleaved, so that a change
+    in the machine's load reaches all alike), after one warm-up call each, synchronising the device."""
+    for fn in fns:
         fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
+    best = [float("inf")] * len(fns)
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            best[i] = min(best[i], time.perf_counter() - start)
     return best
 
 
@@ -77,17 +88,45 @@ def bench_math(n: int, dim: int, device: torch.device, repeats: int) -> list[tup
         "P&R": keep("P&R all-float64", lambda: M.precision_recall(real_dev, fake_dev, k=3, dtype=torch.float64)),
         "D&C": keep("D&C all-float64", lambda: M.density_coverage(real_dev, fake_dev, k=5, dtype=torch.float64)),
     }
-    ref_s = {name: timed(ref[name], device, repeats) for name in ref}
-    rows = [(name, ref_s[name], timed(ours[name], device, repeats)) for name in ref]
-    rows += [
-        (f"{name} all-float64 (dtype=float64)", ref_s[name], timed(f, device, repeats)) for name, f in float64.items()
-    ]
+    # what an evaluator keeps of the real side between evaluations (computed here, outside the timings)
+    reference = M.fid_reference(real_dev)
+    radii3, radii5 = M.knn_radii(real_dev, 3, squared=True), M.knn_radii(real_dev, 5, squared=True)
+    sums = M.kid_real_sums(real_dev, n, 100, kid_size, 0)
+    cached = {
+        "FID": lambda: M.fid(real_dev, fake_dev, reference=reference),
+        "KID": lambda: M.kid(real_dev, fake_dev, subset_size=kid_size, real_sums=sums),
+        "P&R": keep("P&R cached", lambda: M.precision_recall(real_dev, fake_dev, k=3, real_radii=radii3)),
+        "D&C": keep("D&C cached", lambda: M.density_coverage(real_dev, fake_dev, k=5, real_radii=radii5)),
+    }
+    rows, extra = [], []
+    for name in ref:
+        ref_s, ours_s, cached_s, *f64 = side_by_side(
+            [ref[name], ours[name], cached[name], *([float64[name]] if name in float64 else [])], device, repeats
+        )
+        rows.append((name, ref_s, ours_s))
+        extra.append((f"{name} (real side cached)", ref_s, cached_s))
+        if f64:
+            extra.append((f"{name} all-float64 (dtype=float64)", ref_s, f64[0]))
     pr, dc = values["P&R torch-fidelity"], values["D&C prdc"]
+    counts = {  # hit counts: the fractions times the number of samples they are fractions of
+        "P&R": [(round(p * n), round(r * n)) for p, r in [values["P&R genlab"], values["P&R cached"]]],
+        "D&C": [(round(d * 5 * n), round(c * n)) for d, c in [values["D&C genlab"], values["D&C cached"]]],
+    }
+    reference_counts = {
+        "P&R": (round(float(pr["precision"]) * n), round(float(pr["recall"]) * n)),
+        "D&C": (round(float(dc["density"]) * 5 * n), round(float(dc["coverage"]) * n)),
+    }
+    for name in ("P&R", "D&C"):
+        same = all(c == reference_counts[name] for c in counts[name])
+        print(
+            f"{name} hit counts: genlab {counts[name][0]}, real side cached {counts[name][1]}, reference "
+            f"{reference_counts[name]}: {'identical' if same else 'DIFFERENT'}"
+        )
     print(f"P&R genlab {values['P&R genlab']}, all-float64 {values['P&R all-float64']}, torch-fidelity", end=" ")
     print((pr["precision"], pr["recall"]))
     print(f"D&C genlab {values['D&C genlab']}, all-float64 {values['D&C all-float64']}, prdc", end=" ")
     print((dc["density"], dc["coverage"]))
-    return rows
+    return rows + extra
 
 
 def quiet(fn: Callable[..., dict], *args: object, **kwargs: object) -> dict:
@@ -217,6 +256,8 @@ def main() -> None:
         print(f"{name:<42} {ref:12.3f} {ours:10.3f} {ref / ours:6.2f}x")
     total_ref, total_ours = sum(r[1] for r in rows[:4]), sum(r[2] for r in rows[:4])
     print(f"{'metric math total':<42} {total_ref:12.3f} {total_ours:10.3f} {total_ref / total_ours:6.2f}x")
+    warm = sum(ours for name, _, ours in rows if name.endswith("(real side cached)"))
+    print(f"{'metric math total, real side cached':<42} {total_ref:12.3f} {warm:10.3f} {total_ref / warm:6.2f}x")
     seconds = {name: ours for name, _, ours in rows}
     for name in ("P&R", "D&C"):
         before, after = seconds[f"{name} all-float64 (dtype=float64)"], seconds[name]

@@ -73,9 +73,15 @@ def feature_mean(features: Tensor) -> Tensor:
 
 
 def distance_blocks(
-    rows: Tensor, cols: Tensor, chunk_size: int, centre: Tensor | None = None, dtype: torch.dtype = torch.float64
+    rows: Tensor,
+    cols: Tensor,
+    chunk_size: int,
+    centre: Tensor | None = None,
+    dtype: torch.dtype = torch.float64,
+    squared: bool = False,
 ) -> Iterator[tuple[slice, slice, Tensor]]:
-    """Yield (row slice, col slice, Euclidean distances of shape (len rows, len cols)) block by block.
+    """Yield (row slice, col slice, Euclidean distances of shape (len rows, len cols)) block by block (`squared`:
+    their squares, clamped at 0, which order the same and cost no square root of every entry).
 
     Both sides are centred on `centre` (D,) (default: the mean of `rows`) before the |a|^2 + |b|^2 - 2 a.b expansion,
     which runs in `dtype`, without a bound or a recheck (`nearest`; the metrics below use `bounded_blocks`).
@@ -86,8 +92,8 @@ def distance_blocks(
         a_sq = a.square().sum(dim=1, keepdim=True)
         for c0 in range(0, cols.shape[0], chunk_size):
             b = (cols[c0 : c0 + chunk_size].double() - centre).to(dtype)
-            squared = torch.addmm(a_sq + b.square().sum(dim=1), a, b.T, alpha=-2)
-            yield slice(r0, r0 + a.shape[0]), slice(c0, c0 + b.shape[0]), squared.clamp_(min=0).sqrt_()
+            block = torch.addmm(a_sq + b.square().sum(dim=1), a, b.T, alpha=-2).clamp_(min=0)
+            yield slice(r0, r0 + a.shape[0]), slice(c0, c0 + b.shape[0]), block if squared else block.sqrt_()
 
 
 def _smallest(
@@ -97,13 +103,21 @@ def _smallest(
     from blocks in `distance_blocks` order over `n_cols` columns (a row block's columns in order)."""
     best_v, best_i = torch.empty(0), torch.empty(0)
     for rows, cols, block in blocks:
-        index = torch.arange(cols.start, cols.stop, device=block.device).expand_as(block)
+        values, index = _k_smallest(block, k)  # the block's own k first: no (R, C) index matrix
+        index = index + cols.start
         if cols.start > 0:
-            block, index = torch.cat([best_v, block], dim=1), torch.cat([best_i, index], dim=1)
-        best_v, pick = block.topk(min(k, block.shape[1]), dim=1, largest=False)
-        best_i = index.gather(1, pick)
+            values, pick = _k_smallest(torch.cat([best_v, values], dim=1), k)
+            index = torch.cat([best_i, index], dim=1).gather(1, pick)
+        best_v, best_i = values, index
         if cols.stop == n_cols:
             yield rows, best_v, best_i
+
+
+def _k_smallest(block: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """(values (R, k') ascending, their columns (R, k')) of each row's k' = min(k, C) smallest entries."""
+    if k == 1:  # a min is several times cheaper than a topk
+        return block.min(dim=1, keepdim=True)
+    return block.topk(min(k, block.shape[1]), dim=1, largest=False)
 
 
 def nearest(
@@ -121,9 +135,9 @@ def nearest(
     k = min(k, reference.shape[0])
     values = torch.empty(query.shape[0], k, dtype=torch.float64, device=query.device)
     indices = torch.empty(query.shape[0], k, dtype=torch.int64, device=query.device)
-    blocks = distance_blocks(query, reference, chunk_size, centre, dtype)
+    blocks = distance_blocks(query, reference, chunk_size, centre, dtype, squared=True)
     for rows, best_v, best_i in _smallest(blocks, k, reference.shape[0]):
-        values[rows], indices[rows] = best_v, best_i
+        values[rows], indices[rows] = best_v.sqrt(), best_i
     return values, indices
 
 
