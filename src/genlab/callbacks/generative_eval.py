@@ -60,7 +60,7 @@ class GenerativeEval(L.Callback):
         self.evaluated_epoch = -1  # the last epoch scored, for BestFIDCheckpoint
         self.logged_keys: set[str] = set()  # the eval/* keys logged at that epoch
         self._logged_info = False
-        self.evaluations, self.seconds = 0, 0.0  # this fit's evaluations and their wall time
+        self.evaluations, self.seconds, self.epochs = 0, 0.0, 0  # this fit's evaluations, their time, its epochs
         self._fit_started: float | None = None
 
     @property
@@ -68,16 +68,25 @@ class GenerativeEval(L.Callback):
         return self.evaluator.extractor
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.evaluations, self.seconds, self._fit_started = 0, 0.0, time.perf_counter()
+        self.evaluations, self.seconds, self.epochs, self._fit_started = 0, 0.0, 0, time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.epochs += 1
 
     def overhead(self) -> dict[str, float | int] | None:
-        """{evaluations, seconds (theirs), fit_seconds (the fit's so far), share (the one over the other)} of the
-        current or last fit; None before one has started."""
+        """{evaluations, seconds (theirs), epochs, fit_seconds (the fit's so far), share (seconds / fit_seconds)}
+        of the current or last fit (from its start: a resumed run counts its own part); None before one started."""
         if self._fit_started is None:
             return None
         fit = time.perf_counter() - self._fit_started
         share = self.seconds / fit
-        return {"evaluations": self.evaluations, "seconds": self.seconds, "fit_seconds": fit, "share": share}
+        return {
+            "evaluations": self.evaluations,
+            "seconds": self.seconds,
+            "epochs": self.epochs,
+            "fit_seconds": fit,
+            "share": share,
+        }
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not self.due(trainer):
