@@ -92,13 +92,22 @@ def test_the_real_side_results_are_cached_on_disk_beside_the_features(tmp_path, 
     images = torch.randint(0, 256, (40, 1, 16, 16), generator=torch.Generator().manual_seed(1)).to(torch.uint8)
 
     def evaluator() -> Evaluator:
-        metrics = ["fid", "kid", "pr", "dc", "authenticity"]
+        metrics = ["fid", "kid", "pr", "dc", "authenticity", "copy_rate"]
         args = dict(num_samples=40, kid_subsets=4, kid_subset_size=20, progress=False, cache_dir=str(tmp_path))
         return Evaluator(random_extractor, metrics, **args)
 
     first = evaluator().evaluate(data, "cpu", images=images).metrics
-    files = sorted(p.name.split("-")[2] for p in (tmp_path / "features").glob("derived-*.pt"))
-    assert files == ["fid", "kid", "knn", "knn", "train"]  # fid-reference, kid-real-sums, knn-radii x2, nearest
+    files = sorted("-".join(p.name.split("-")[2:-1]) for p in (tmp_path / "features").glob("derived-*.pt"))
+    assert files == [
+        "copy-threshold",
+        "fid-reference",
+        "kid-real-sums",
+        "knn-radii",
+        "knn-radii",  # k = 3 (P&R) and 5 (D&C)
+        "train-nearest-other",
+        "train-translations",
+    ]
+    monkeypatch.setattr(Evaluator, "train_translations", lambda *a: pytest.fail("translations extracted again"))
     monkeypatch.setattr(M, "knn_radii", lambda *a, **k: pytest.fail("the radii were computed again"))
     monkeypatch.setattr(M, "fid_reference", lambda *a, **k: pytest.fail("the FID reference was computed again"))
     assert evaluator().evaluate(data, "cpu", images=images).metrics == first  # a new process reads them back

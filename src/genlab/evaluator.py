@@ -9,7 +9,8 @@ features -> statistics -> metric):
   extractor, its weights hash and the precision; FID, KID, P&R and D&C use a fixed random subset of the
   training split as large as the generated set. What the metrics derive from the real side alone (FID's
   statistics and covariance square root, the k-NN radii, KID's real-real kernel sums, the novelty thresholds) is
-  computed once per real side (`Evaluator.memo`) and cached on disk beside its features;
+  computed once per real side (`Evaluator.memo`) and cached on disk beside its features, the translated training
+  features of the copy rate too where they fit in 256 MiB;
 - fake side: `sample()` in seeded batches (`genlab.feature_sets`), split across DDP ranks and gathered; batches
   that run out of GPU memory are redone in halves.
 
@@ -43,14 +44,14 @@ from genlab.feature_sets import (
     sample_features,
 )
 from genlab.features.base import ExtractorFactory, FeatureExtractor
-from genlab.features.cache import load_or_compute, tensors_hash
+from genlab.features.cache import atomic_save, checked_load, load_or_compute, tensors_hash
 from genlab.metrics.frechet import FidReference
 from genlab.metrics.knn import nearest
 from genlab.speed import speed_up
 
 log = logging.getLogger(__name__)
 
-IN_MEMORY_ONLY = ("train-translations",)  # memo results not written to the disk cache (see `Evaluator.memo`)
+MAX_CACHED_BYTES = 2**28  # real-side results up to 256 MiB are cached on disk (see `Evaluator.memo`)
 
 
 def reference_index(n_total: int, n: int) -> Tensor:
@@ -90,6 +91,19 @@ def finite_only(results: dict[str, float]) -> dict[str, float]:
         if not math.isfinite(value):
             log.error(f"eval: {key} came out as {value}; it is not reported")
     return {key: value for key, value in results.items() if math.isfinite(value)}
+
+
+def tensor_bytes(obj: Any) -> int:
+    """The bytes of the tensors in `obj` (as `on_device` walks it)."""
+    if isinstance(obj, Tensor):
+        return obj.nbytes
+    if isinstance(obj, FidReference):
+        return sum(t.nbytes for t in (obj.mean, obj.covariance, obj.root))
+    if isinstance(obj, tuple | list):
+        return sum(tensor_bytes(x) for x in obj)
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(x) for x in obj.values())
+    return 0
 
 
 def on_device(obj: Any, device: torch.device) -> Any:
@@ -307,15 +321,21 @@ class Evaluator:
 
     def memo(self, key: tuple, compute: Callable[[], Any]) -> Any:
         """`compute()` once per real side: for results that depend on real data only (`key`: a tuple naming the
-        result and its settings). Kept in memory, and on disk beside the real features when there is a cache
-        (not the translated training features, which are as large as the features times the translations)."""
+        result and its settings). Kept in memory, and on disk beside the real features when there is a cache and
+        the result is at most MAX_CACHED_BYTES (the translated training features of a large dataset are not)."""
         if key not in self._memo:
             path, cache_key = None, {"real": self._real_keys, "num_samples": self.num_samples, "memo": repr(key)}
-            if self.cache_dir and key[0] not in IN_MEMORY_ONLY:
+            if self.cache_dir:
                 digest = hashlib.sha256(json.dumps(cache_key, sort_keys=True).encode()).hexdigest()[:16]
                 path = Path(self.cache_dir) / "features" / f"derived-{self._data.name}-{key[0]}-{digest}.pt"
-            found, computed = load_or_compute(path, cache_key, compute, classes=(FidReference,))
-            self._memo[key] = found if computed else on_device(found, self._train.features.device)
+            found = checked_load(path, cache_key, classes=(FidReference,)) if path else None
+            if found is not None:
+                found = on_device(found, self._train.features.device)
+            else:
+                found = compute()
+                if path and tensor_bytes(found) <= MAX_CACHED_BYTES:
+                    atomic_save(on_device(found, torch.device("cpu")), path, cache_key)
+            self._memo[key] = found
         return self._memo[key]
 
     def train_translations(self, pixels: int) -> Tensor:
