@@ -289,8 +289,8 @@ class DVAEModule(GenerativeModule):
         temperature = self.temperature
         losses, _ = self.losses(batch[0], batch[1], temperature)
         self.log("train/loss", losses["loss"], prog_bar=True)
-        self.log_dict({f"train/{k}": v for k, v in losses.items() if k != "loss"})
-        self.log("train/temperature", temperature)
+        diagnostics = {f"train/{k}": v for k, v in losses.items() if k != "loss"}
+        self.log_diagnostics({**diagnostics, "train/temperature": temperature})
         return losses["loss"]
 
     def on_validation_epoch_start(self) -> None:

@@ -251,7 +251,7 @@ class GANModule(GenerativeModule):
             opt_g.step()
         # train/loss is the generator loss (of the generator step, else of the discriminator step's fakes).
         self.log("train/loss", out["g_loss"], prog_bar=True)
-        self.log_dict({f"train/{k}": v.detach() for k, v in out.items()}, prog_bar=False)
+        self.log_diagnostics({f"train/{k}": v.detach() for k, v in out.items()})
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         """val/loss: the discriminator's loss on held-out images against fresh fakes (without the WGAN-GP penalty,

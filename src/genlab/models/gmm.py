@@ -237,6 +237,7 @@ class GMMModule(GenerativeModule):
         self.ddp_placeholder = nn.Parameter(torch.zeros(()))
         self._stats: list[Tensor] | None = None  # running sums of this epoch's E-steps, per class and component
         self._batches = 0
+        self._log_lik = torch.zeros(2, dtype=f64)  # this epoch's sum of log p(z) and its number of images
 
     def encode(self, x: Tensor) -> Tensor:
         """Images (B, C, S, S) in [-1, 1] -> points (B, d) in float64 in the mixture's space."""
@@ -357,13 +358,19 @@ class GMMModule(GenerativeModule):
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch
-        log_lik = self.accumulate(x, y).mean()
+        per_image = self.accumulate(x, y)
+        log_lik = per_image.mean()
+        if self._batches == 0:
+            self._log_lik = torch.zeros(2, dtype=per_image.dtype, device=per_image.device)
+        self._log_lik += torch.stack([per_image.sum(), per_image.new_tensor(len(per_image))])
         self._batches += 1
         # No parameters to step: this steps Lightning's placeholder optimizer only so that `global_step`, which
         # checkpointing counts (it never saves at a step it has already saved at), advances with every batch.
         self.optimizers().step()
         self.log("train/loss", -log_lik, prog_bar=True)
-        self.log("train/log_likelihood", log_lik, on_step=False, on_epoch=True, batch_size=len(x), sync_dist=True)
+        if self._batches == self.trainer.num_training_batches:  # the epoch's mean once, not a log call per batch
+            mean = self._log_lik[0] / self._log_lik[1]
+            self.log("train/log_likelihood", mean, on_step=False, on_epoch=True, sync_dist=True)
 
     def on_validation_epoch_start(self) -> None:
         # Validation (and the evaluation at its end) runs before on_train_epoch_end: do the M-step here, but only

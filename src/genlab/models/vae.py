@@ -102,7 +102,7 @@ class VAEModule(GenerativeModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         losses = self.losses(batch[0])
         self.log("train/loss", losses["loss"], prog_bar=True)
-        self.log_dict(
+        self.log_diagnostics(
             {"train/recon": losses["recon"], "train/kl": losses["kl"], "train/bits_per_dim": losses["bits_per_dim"]}
         )
         return losses["loss"]
