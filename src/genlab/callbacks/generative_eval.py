@@ -7,8 +7,8 @@ different extractors are never comparable), and writes a nearest-neighbour grid 
 that meets NaN or inf samples or features logs an error and no `eval/*` number, and training goes on.
 
 Each evaluation's wall time (sampling, features, metrics, the grid; the first also builds the real side) is logged
-as `eval/seconds`, and `overhead()` gives the evaluations' share of the fit's wall time, which the run's summary
-and status.json report.
+as `time/eval_seconds` (not under `eval/`, which holds metrics alone), and `overhead()` gives the evaluations' share
+of the fit's wall time, which the run's summary and status.json report.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ class GenerativeEval(L.Callback):
             self.log_scores(trainer, pl_module, scores)
         took = time.perf_counter() - started
         self.evaluations, self.seconds = self.evaluations + 1, self.seconds + took
-        pl_module.log("eval/seconds", took, sync_dist=False)
+        pl_module.log("time/eval_seconds", took, sync_dist=False)
 
     def log_scores(self, trainer: L.Trainer, pl_module: L.LightningModule, scores: Scores) -> None:
         self.evaluated_epoch = trainer.current_epoch
