@@ -1,19 +1,30 @@
-"""The diffusion model: schedule closed forms, DDIM against the DDPM posterior, reproducible sampling, classifier-free
-guidance, the seeded validation loss and bad hyperparameters."""
+"""The diffusion model: schedule closed forms, DDIM against the DDPM posterior, DPM-Solver++(2M) against the exact
+ODE solution for Gaussian data and its second-order convergence, reproducible sampling, the progress bar,
+classifier-free guidance, old checkpoints, the seeded validation loss and bad hyperparameters."""
 
 from __future__ import annotations
 
+import functools
 import math
+import re
+from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import EMAWeightAveraging
+from omegaconf import OmegaConf
 from torch import Tensor, nn
 
+import genlab.models.diffusion as diffusion
+from genlab.checks import ConfigError
 from genlab.data import SyntheticDataModule
+from genlab.models import load_model
+from genlab.models.base import CLASS_KEY
 from genlab.models.diffusion import DiffusionModule, UNet
-from genlab.models.schedule import NoiseSchedule
+from genlab.models.schedule import SAMPLERS, NoiseSchedule
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "model" / "diffusion.yaml"
 
 TINY = {"image_channels": 1, "image_size": 16, "channels": [8, 16], "num_timesteps": 20, "sample_steps": 4}
 
@@ -33,6 +44,49 @@ class StubEps(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         return 0.8 * torch.tanh(x) + t.view(-1, 1, 1, 1) / 100
+
+
+MU, S = 0.1, 0.2  # Gaussian data x_0 ~ N(MU, S^2 I): inside [-1, 1] to 4.5 S, so that no clamp acts
+
+
+class GaussianEps(nn.Module):
+    """The exact noise prediction for x_0 ~ N(MU, S^2 I). x_t = a x_0 + b eps with a = sqrt(abar_t), b =
+    sqrt(1 - abar_t) is jointly Gaussian with eps: Cov(eps, x_t) = b, Var(x_t) = a^2 S^2 + b^2, so
+    E[eps | x_t] = b (x_t - a MU) / (a^2 S^2 + b^2) = sqrt(1 - abar) (x_t - sqrt(abar) MU) / (abar S^2 + 1 - abar)."""
+
+    def __init__(self, schedule: NoiseSchedule) -> None:
+        super().__init__()
+        self.schedule = schedule
+
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        abar = self.schedule.alpha_bar(t).view(-1, 1, 1, 1)
+        return (1 - abar).sqrt() * (x - abar.sqrt() * MU) / (abar * S**2 + 1 - abar)
+
+
+def exact_ode_solution(noise: Tensor, schedule: NoiseSchedule) -> Tensor:
+    """Where the probability-flow ODE takes x_T = noise at t = T-1 for Gaussian data: it keeps z = (x_t - a MU) /
+    sqrt(a^2 S^2 + b^2) fixed (every marginal is N(a MU, a^2 S^2 + b^2)), so x_0 = MU + S z."""
+    abar = schedule.alphas_cumprod[-1]
+    return MU + S * (noise - abar.sqrt() * MU) / (abar * S**2 + 1 - abar).sqrt()
+
+
+def gaussian_model() -> DiffusionModule:
+    model = DiffusionModule(image_size=16, channels=[8, 16], attention=False, num_timesteps=1000)
+    model.unet = GaussianEps(model.schedule)
+    model.sample_progress = False
+    return model
+
+
+@functools.cache
+def gaussian_samples(sampler: str, steps: int) -> Tensor:
+    """64 samples (64, 1, 16, 16) in [-1, 1] of the Gaussian data by `sampler` in `steps` calls, all from the same
+    x_T (seed 0): the first draw of sample()."""
+    generator = torch.Generator().manual_seed(0)
+    return gaussian_model().sample(64, generator=generator, sampler=sampler, steps=steps) * 2 - 1
+
+
+def rms(a: Tensor, b: Tensor) -> float:
+    return (a - b).pow(2).mean().sqrt().item()
 
 
 @pytest.mark.parametrize("schedule", ["linear", "cosine"])
@@ -145,19 +199,109 @@ def test_ddim_with_eta_0_steps_along_the_predicted_noise() -> None:
     assert big.abs().max() == 1  # a prediction outside the data range is clamped
 
 
-@pytest.mark.parametrize("eta", [0.0, 1.0])
-def test_sampling_with_a_generator_is_reproducible(eta: float) -> None:
-    model = randomized(DiffusionModule(**TINY, eta=eta))
+def test_the_first_order_dpm_solver_step_is_ddim_and_the_last_returns_x0() -> None:
+    schedule = NoiseSchedule(50, "linear")
+    torch.manual_seed(0)
+    xt, eps = torch.randn(2, 1, 4, 4) * 0.3, torch.randn(2, 1, 4, 4) * 0.5
+    t, t_prev = torch.tensor([30, 30]), torch.tensor([12, 12])
+    x_prev, x0 = schedule.dpmpp_2m_step(eps, xt, t, t_prev)
+    ddim_prev, ddim_x0 = schedule.ddim_step(eps, xt, t, t_prev, eta=0.0)
+    torch.testing.assert_close(x0, ddim_x0)  # clamped to [-1, 1] the same way
+    torch.testing.assert_close(x_prev, ddim_prev)  # first order, DPM-Solver++ is DDIM
+    second = schedule.dpmpp_2m_step(eps, x_prev, t_prev, torch.tensor([5, 5]), earlier=(x0 + 0.1, t))[0]
+    assert not torch.allclose(second, schedule.dpmpp_2m_step(eps, x_prev, t_prev, torch.tensor([5, 5]))[0])
+    final, final_x0 = schedule.dpmpp_2m_step(eps, x_prev, t_prev, torch.tensor([-1, -1]), earlier=(x0, t))
+    assert torch.equal(final, final_x0) and torch.isfinite(final).all()  # lambda_{-1} = inf: x_0 itself
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_logsnr_timesteps_are_distinct_and_even_in_lambda(schedule: str) -> None:
+    s = NoiseSchedule(1000, schedule)
+    for steps in (1, 2, 10, 15, 20, 50, 200, 999, 1000):
+        t = s.logsnr_timesteps(steps)
+        assert t[0] == 999 and t[-1] == -1 and (steps == 1 or t[-2] == 0) and len(t) == steps + 1
+        assert (t.diff() < 0).all()  # strictly falling: every network call at its own timestep
+    assert s.logsnr_timesteps(1000).tolist() == list(range(999, -2, -1))
+    lam = s.half_log_snr(s.logsnr_timesteps(15)[1:-1])  # below the top one, which is T-1 whatever lambda_{T-1}
+    gaps = lam.diff()
+    torch.testing.assert_close(gaps, torch.full_like(gaps, gaps.mean().item()), rtol=0.2, atol=0)
+    with pytest.raises(ValueError, match=r"sample_steps must be an integer in \[1, num_timesteps=1000\], got 0"):
+        s.logsnr_timesteps(0)
+
+
+def exact_gaussian_samples() -> Tensor:
+    """The ODE's own answer for the x_T of `gaussian_samples`."""
+    noise = torch.randn(64, 1, 16, 16, generator=torch.Generator().manual_seed(0))  # sample()'s x_T
+    return exact_ode_solution(noise, gaussian_model().schedule)
+
+
+def test_dpm_solver_maps_noise_to_the_gaussian_data_and_beats_ddim() -> None:
+    exact = exact_gaussian_samples()
+    dpm, ddim = gaussian_samples("dpmpp_2m", 15), gaussian_samples("ddim", 15)
+    assert abs(dpm.mean().item() - MU) < 0.01 and abs(dpm.std().item() - S) < 0.01  # 0.098 and 0.205
+    assert rms(dpm, exact) < 0.01
+    assert rms(dpm, exact) < rms(ddim, exact) / 5  # 4.2e-3 against 7.4e-2 (DDIM's std is 0.13)
+
+
+@pytest.mark.slow
+def test_dpm_solver_converges_at_second_order_to_the_many_step_solution() -> None:
+    reference = gaussian_samples("dpmpp_2m", 1000)
+    assert rms(reference, exact_gaussian_samples()) < 3e-4  # the 1000-step reference is the ODE's solution
+    assert rms(gaussian_samples("dpmpp_2m", 15), reference) < rms(gaussian_samples("ddim", 15), reference) / 5
+    errors = {sampler: [rms(gaussian_samples(sampler, n), reference) for n in (20, 40, 80)] for sampler in SAMPLERS}
+    dpm, ddim = errors["dpmpp_2m"], errors["ddim"]
+    assert dpm[0] / dpm[1] > 3 and dpm[1] / dpm[2] > 3  # halving h divides the error by ~4 (4.7 and 9.8 here)
+    assert 1.5 < ddim[0] / ddim[1] < 2.5 and 1.5 < ddim[1] / ddim[2] < 2.5  # DDIM, first order: by ~2
+
+
+@pytest.mark.parametrize(("sampler", "eta"), [("ddim", 0.0), ("ddim", 1.0), ("dpmpp_2m", 0.0)])
+def test_sampling_with_a_generator_is_reproducible(sampler: str, eta: float) -> None:
+    model = randomized(DiffusionModule(**TINY, sampler=sampler, eta=eta))
     a = model.sample(3, generator=torch.Generator().manual_seed(0))
     assert a.shape == (3, 1, 16, 16) and a.min() >= 0 and a.max() <= 1
     assert torch.equal(a, model.sample(3, generator=torch.Generator().manual_seed(0)))
     assert not torch.equal(a, model.sample(3, generator=torch.Generator().manual_seed(1)))
-    other_eta = model.sample(3, generator=torch.Generator().manual_seed(0), eta=1.0 - eta)
-    assert not torch.allclose(a, other_eta)
+    other = "ddim" if sampler == "dpmpp_2m" else "dpmpp_2m"
+    assert not torch.allclose(a, model.sample(3, generator=torch.Generator().manual_seed(0), sampler=other, eta=0.0))
+    if sampler == "ddim":
+        other_eta = model.sample(3, generator=torch.Generator().manual_seed(0), eta=1.0 - eta)
+        assert not torch.allclose(a, other_eta)
+
+
+class RecordingBar:
+    """tqdm's stand-in: records the bar's total, label and how far it moved."""
+
+    bars: list[RecordingBar] = []
+
+    def __init__(self, iterable, total=None, desc=None, **kwargs) -> None:
+        self.iterable, self.total, self.desc, self.n = iterable, total, desc, 0
+        RecordingBar.bars.append(self)
+
+    def __iter__(self):
+        for item in self.iterable:
+            self.n += 1
+            yield item
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_the_progress_bar_moves_once_per_network_call(monkeypatch, sampler: str) -> None:
+    monkeypatch.setattr(diffusion, "tqdm", RecordingBar)
+    RecordingBar.bars = []
+    model = randomized(DiffusionModule(**TINY, num_classes=3, guidance_scale=2.0, sampler=sampler))
+    calls, guided = [], []
+    model.unet.register_forward_hook(lambda module, args, out: calls.append(args[1][0].item()))
+    guided_eps = model.guided_eps
+    monkeypatch.setattr(model, "guided_eps", lambda *args: guided.append(1) or guided_eps(*args))
+    model.sample(3, torch.tensor([0, 1, 2]), steps=6)
+    (bar,) = RecordingBar.bars
+    assert (bar.total, bar.n, bar.desc) == (6, 6, sampler)
+    assert len(guided) == 6 and len(calls) == 6  # one guided batch (labels and null, 2B) per call
+    grid = model.schedule.ddim_timesteps if sampler == "ddim" else model.schedule.logsnr_timesteps
+    assert calls == grid(6)[:-1].tolist()
 
 
 def test_sample_steps_are_settable_after_training() -> None:
-    model = DiffusionModule(**TINY)
+    model = DiffusionModule(**TINY, sampler="ddim")
     calls = []
     model.unet.register_forward_hook(lambda module, args, out: calls.append(args[1][0].item()))
     model.sample(2)
@@ -171,6 +315,31 @@ def test_sample_steps_are_settable_after_training() -> None:
     assert calls == list(range(19, -1, -1))
     with pytest.raises(ValueError, match=r"sample_steps must be an integer in \[1, num_timesteps=20\], got 21"):
         model.sample(2, steps=21)
+    calls.clear()
+    model.sampler = "dpmpp_2m"
+    model.sample(2, steps=4)
+    assert calls == [19, 11, 4, 0]  # even in lambda: denser near t = 0
+    with pytest.raises(ConfigError, match=re.escape(f"sampler must be one of {list(SAMPLERS)}, got 'euler'")):
+        model.sample(2, sampler="euler")
+
+
+def test_the_config_lists_the_samplers_and_defaults_to_the_module() -> None:
+    line = next(line for line in CONFIG.read_text().splitlines() if line.startswith("sampler:"))
+    assert line.split("#")[1].split(":")[0].strip() == " | ".join(SAMPLERS)
+    config = OmegaConf.load(CONFIG)
+    model = DiffusionModule()
+    assert (config["sampler"], config["sample_steps"]) == (model.sampler, model.sample_steps)
+
+
+def test_a_checkpoint_without_a_sampler_loads_with_the_default(tmp_path: Path) -> None:
+    model = DiffusionModule(**TINY)
+    old = {key: value for key, value in model.hparams.items() if key != "sampler"}  # saved before the sampler
+    path = tmp_path / "old.ckpt"
+    checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": old, "pytorch-lightning_version": L.__version__}
+    torch.save({**checkpoint, CLASS_KEY: "genlab.models.diffusion.DiffusionModule"}, path)
+    loaded = load_model(path)
+    assert loaded.sampler == loaded.hparams.sampler == "dpmpp_2m" and loaded.sample_steps == TINY["sample_steps"]
+    assert loaded.sample(2, generator=torch.Generator().manual_seed(0)).shape == (2, 1, 16, 16)
 
 
 def test_guidance_scale_0_and_1_give_the_unconditional_and_conditional_prediction() -> None:
@@ -238,6 +407,7 @@ def test_validation_loss_is_seeded_and_ema_is_configured() -> None:
         ({"dropout": 1.0}, r"dropout must be in \[0, 1\), got 1.0"),
         ({"num_timesteps": 0}, "num_timesteps must be a positive integer, got 0"),
         ({"schedule": "sigmoid"}, r"schedule must be one of \['linear', 'cosine'\], got 'sigmoid'"),
+        ({"sampler": "euler"}, r"sampler must be one of \['dpmpp_2m', 'ddim'\], got 'euler'"),
         ({"sample_steps": 0}, "sample_steps must be a positive integer, got 0"),
         ({"sample_steps": 50}, "sample_steps must be at most num_timesteps=20, got 50"),
         ({"eta": 1.5}, r"eta must be in \[0, 1\] .*, got 1.5"),

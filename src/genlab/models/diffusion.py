@@ -1,19 +1,20 @@
-"""Denoising diffusion: a small UNet trained as a DDPM, sampled with DDIM, optionally class-conditional.
+"""Denoising diffusion: a small UNet trained as a DDPM, sampled with DPM-Solver++ or DDIM, optionally class-conditional.
 
 Ho et al. 2020, "Denoising Diffusion Probabilistic Models" (https://arxiv.org/abs/2006.11239): the network
 eps_theta(x_t, t) predicts the noise in x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, trained with the simple loss
     loss = E_{x_0, t ~ U{0..T-1}, eps ~ N(0, I)} || eps - eps_theta(x_t, t) ||^2        (eq. 14, mean over pixels)
-Sampling uses DDIM (Song et al. 2021, https://arxiv.org/abs/2010.02502) on a subsequence of the timesteps; eta = 1
-on all timesteps is DDPM's ancestral sampler. Conditional models (num_classes > 0) drop the label with probability
-`cond_drop_prob` in training and sample with classifier-free guidance (Ho & Salimans 2022,
-https://arxiv.org/abs/2207.12598). The noise schedule lives in `genlab.models.schedule`; the UNet follows the DDPM
-one (residual blocks with GroupNorm and SiLU, a sinusoidal time embedding, self-attention at the lowest resolution)
-at a size that trains on a CPU.
+Sampling solves the diffusion ODE from x_T ~ N(0, I) in `sample_steps` network calls: by default with DPM-Solver++(2M)
+(Lu et al. 2022, https://arxiv.org/abs/2211.01095), second order, or with DDIM (Song et al. 2021,
+https://arxiv.org/abs/2010.02502), first order at eta = 0; DDIM with eta = 1 on all timesteps is DDPM's ancestral
+sampler. Conditional models (num_classes > 0) drop the label with probability `cond_drop_prob` in training and sample
+with classifier-free guidance (Ho & Salimans 2022, https://arxiv.org/abs/2207.12598). The noise schedule and the
+samplers' update rules live in `genlab.models.schedule`; the UNet follows the DDPM one (residual blocks with GroupNorm
+and SiLU, a sinusoidal time embedding, self-attention at the lowest resolution) at a size that trains on a CPU.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +26,7 @@ from genlab.checks import ConfigError, check_positive_int
 from genlab.models.base import GenerativeModule, check_labels, randn, to_unit
 from genlab.models.blocks import TimeEmbedding, TimeResBlock, check_channels, norm
 from genlab.models.ema import EMA
-from genlab.models.schedule import SCHEDULES, NoiseSchedule
+from genlab.models.schedule import SAMPLERS, SCHEDULES, NoiseSchedule
 
 VAL_SEED = 1234  # seeds the validation loss's timesteps and noise: the same draws every epoch
 
@@ -122,7 +123,8 @@ class UNet(nn.Module):
 
 
 class DiffusionModule(GenerativeModule):
-    """DDPM training with epsilon prediction, DDIM sampling, EMA weights and optional classifier-free guidance.
+    """DDPM training with epsilon prediction, DPM-Solver++ or DDIM sampling, EMA weights and optional classifier-free
+    guidance.
 
     Args:
         image_channels: channels of the images (1 grey, 3 colour).
@@ -134,10 +136,12 @@ class DiffusionModule(GenerativeModule):
         dropout: dropout inside the residual blocks.
         num_timesteps: T, the number of diffusion steps.
         schedule: `linear` (Ho et al.) or `cosine` (Nichol & Dhariwal 2021).
-        sample_steps: DDIM steps per sample (at most T); the attribute `sample_steps` can be changed after training.
-            A progress bar counts them: the attribute `sample_progress` is None (shown on a terminal only), True or
-            False; the evaluation sets it to its own `progress` while it samples.
-        eta: DDIM's noise scale: 0 deterministic given the initial noise, 1 DDPM-like (attribute `eta`).
+        sampler: `dpmpp_2m` (DPM-Solver++(2M), Lu et al. 2022) or `ddim` (Song et al. 2021); attribute `sampler`.
+        sample_steps: network calls per sample, one per solver step (at most T); attribute `sample_steps`. A progress
+            bar counts them: the attribute `sample_progress` is None (shown on a terminal only), True or False; the
+            evaluation sets it to its own `progress` while it samples.
+        eta: DDIM's noise scale: 0 deterministic given the initial noise, 1 DDPM-like (attribute `eta`). DDIM only:
+            DPM-Solver++(2M) is deterministic.
         cond_drop_prob: probability that a training label is replaced by the null label (conditional models).
         guidance_scale: classifier-free guidance s: eps_u + s (eps_c - eps_u); 1 = plain conditional, 0 =
             unconditional (attribute `guidance_scale`).
@@ -158,7 +162,8 @@ class DiffusionModule(GenerativeModule):
         dropout: float = 0.0,
         num_timesteps: int = 1000,
         schedule: str = "linear",
-        sample_steps: int = 50,
+        sampler: str = "dpmpp_2m",
+        sample_steps: int = 15,
         eta: float = 0.0,
         cond_drop_prob: float = 0.1,
         guidance_scale: float = 1.0,
@@ -177,8 +182,8 @@ class DiffusionModule(GenerativeModule):
             raise ConfigError(f"channels={list(channels)} give a width that GroupNorm cannot split: {err}") from None
         self.schedule = NoiseSchedule(num_timesteps, schedule)
         # what sample() uses unless told otherwise: change them to evaluate with another sampler
-        self.sample_steps, self.eta, self.guidance_scale = sample_steps, eta, guidance_scale
-        self.sample_progress: bool | None = None  # the bar over the DDIM steps: None = on a terminal only
+        self.sampler, self.sample_steps, self.eta, self.guidance_scale = sampler, sample_steps, eta, guidance_scale
+        self.sample_progress: bool | None = None  # the bar over the solver steps: None = on a terminal only
 
     def forward(self, x_t: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         """The predicted noise eps_theta(x_t, t, y), (B, C, S, S); y = None is the null label."""
@@ -247,6 +252,32 @@ class DiffusionModule(GenerativeModule):
         noise = randn(tuple(x.shape), x.device, generator) if eta > 0 else None
         return self.schedule.ddim_step(eps, x, t, t_prev, eta, noise)[0]
 
+    def ddim(
+        self,
+        x: Tensor,
+        pairs: Iterable[tuple[Tensor, Tensor]],
+        labels: Tensor | None,
+        eta: float,
+        guidance_scale: float,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """x_T (B, C, S, S) -> x_0 by DDIM over `pairs` of scalar timesteps (t, t_prev), one network call each."""
+        for t, t_prev in pairs:
+            x = self.denoise_step(x, t.expand(len(x)), t_prev.expand(len(x)), labels, eta, guidance_scale, generator)
+        return x
+
+    def dpmpp_2m(
+        self, x: Tensor, pairs: Iterable[tuple[Tensor, Tensor]], labels: Tensor | None, guidance_scale: float
+    ) -> Tensor:
+        """x_T (B, C, S, S) -> x_0 by DPM-Solver++(2M) over `pairs` of scalar timesteps (t, t_prev): one network
+        call each, whose x_0 prediction the next step reuses for its second-order term."""
+        earlier = None  # (x_0 prediction, t) of the previous network call
+        for t, t_prev in pairs:
+            t, t_prev = t.expand(len(x)), t_prev.expand(len(x))
+            x, x0 = self.schedule.dpmpp_2m_step(self.guided_eps(x, t, labels, guidance_scale), x, t, t_prev, earlier)
+            earlier = (x0, t)
+        return x
+
     @torch.no_grad()
     def sample(
         self,
@@ -254,30 +285,37 @@ class DiffusionModule(GenerativeModule):
         labels: Tensor | None = None,
         generator: torch.Generator | None = None,
         *,
+        sampler: str | None = None,
         steps: int | None = None,
         eta: float | None = None,
         guidance_scale: float | None = None,
     ) -> Tensor:
-        """n images (n, C, S, S) in [0, 1]: DDIM from x_T ~ N(0, I) over `steps` timesteps (default: the attributes
-        sample_steps, eta and guidance_scale). All noise comes from `generator`."""
+        """n images (n, C, S, S) in [0, 1] from x_T ~ N(0, I) by `sampler` in `steps` network calls (default: the
+        attributes sampler, sample_steps, eta and guidance_scale). All noise comes from `generator`."""
         check_labels(self.num_classes, n, labels)
+        sampler = self.sampler if sampler is None else sampler
         steps = self.sample_steps if steps is None else steps
         eta = self.eta if eta is None else eta
         guidance_scale = self.guidance_scale if guidance_scale is None else guidance_scale
-        check_sampler(eta, guidance_scale)
-        timesteps = self.schedule.ddim_timesteps(steps)  # checks steps
+        check_sampler(sampler, eta, guidance_scale)
+        # checks steps; DDIM's are even in t, DPM-Solver++'s even in log-SNR (see NoiseSchedule.logsnr_timesteps)
+        grid = self.schedule.ddim_timesteps if sampler == "ddim" else self.schedule.logsnr_timesteps
+        timesteps = grid(steps)
         labels = labels.to(self.device) if labels is not None else None
         size = self.hparams.image_size
         x = randn((n, self.hparams.image_channels, size, size), self.device, generator)
-        pairs = zip(timesteps[:-1], timesteps[1:], strict=True)
         disable = None if self.sample_progress is None else not self.sample_progress  # tqdm: None = if a terminal
-        for t, t_prev in tqdm(pairs, total=len(timesteps) - 1, desc="DDIM", unit="step", leave=False, disable=disable):
-            x = self.denoise_step(x, t.expand(n), t_prev.expand(n), labels, eta, guidance_scale, generator)
-        return to_unit(x)
+        pairs = zip(timesteps[:-1], timesteps[1:], strict=True)
+        bar = tqdm(pairs, total=steps, desc=sampler, unit="step", leave=False, disable=disable)
+        if sampler == "ddim":
+            return to_unit(self.ddim(x, bar, labels, eta, guidance_scale, generator))
+        return to_unit(self.dpmpp_2m(x, bar, labels, guidance_scale))
 
 
-def check_sampler(eta: float, guidance_scale: float) -> None:
-    """Raise a ValueError unless eta is in [0, 1] and guidance_scale >= 0."""
+def check_sampler(sampler: str, eta: float, guidance_scale: float) -> None:
+    """Raise a ConfigError unless sampler is one of SAMPLERS, eta is in [0, 1] and guidance_scale >= 0."""
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"sampler must be one of {list(SAMPLERS)}, got {sampler!r}")
     if not 0 <= eta <= 1:
         raise ConfigError(f"eta must be in [0, 1] (0 = deterministic DDIM, 1 = DDPM-like), got {eta!r}")
     if not guidance_scale >= 0:
@@ -294,6 +332,7 @@ def check_hparams(
     dropout: float,
     num_timesteps: int,
     schedule: str,
+    sampler: str,
     sample_steps: int,
     eta: float,
     cond_drop_prob: float,
@@ -324,7 +363,7 @@ def check_hparams(
     check_positive_int("sample_steps", sample_steps)
     if sample_steps > num_timesteps:
         raise ConfigError(f"sample_steps must be at most num_timesteps={num_timesteps}, got {sample_steps}")
-    check_sampler(eta, guidance_scale)
+    check_sampler(sampler, eta, guidance_scale)
     if not 0 <= cond_drop_prob < 1:
         raise ConfigError(f"cond_drop_prob must be in [0, 1), got {cond_drop_prob!r}")
     if not 0 <= ema_decay < 1:

@@ -1,10 +1,16 @@
-"""The DDPM noise schedule and the two samplers' update rules, apart from any network.
+"""The DDPM noise schedule and the samplers' update rules, apart from any network.
 
 Ho et al. 2020, "Denoising Diffusion Probabilistic Models" (https://arxiv.org/abs/2006.11239): the forward
 process q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I) (eq. 4) and the posterior q(x_{t-1} | x_t, x_0)
 (eqs. 6-7). Song et al. 2021, "Denoising Diffusion Implicit Models" (https://arxiv.org/abs/2010.02502): the
 generalised step (eq. 12) with sigma_t(eta) (eq. 16), which is DDPM's ancestral step at eta = 1 on all timesteps
-and deterministic at eta = 0. The layout follows diffusers' `scheduling_ddpm.py` / `scheduling_ddim.py`.
+and deterministic at eta = 0. Lu et al. 2022, "DPM-Solver++: Fast Solver for Guided Sampling of Diffusion
+Probabilistic Models" (https://arxiv.org/abs/2211.01095): the multistep second-order solver DPM-Solver++(2M)
+(Algorithm 2) of the same deterministic ODE that DDIM at eta = 0 solves to first order, written in the data
+prediction x_0 and in lambda_t = log(alpha_t / sigma_t) with alpha_t = sqrt(abar_t), sigma_t = sqrt(1 - abar_t).
+The layout follows diffusers' `scheduling_ddpm.py` / `scheduling_ddim.py` / `scheduling_dpmsolver_multistep.py`
+(algorithm_type="dpmsolver++", solver_order=2, lower_order_final=True, thresholding at 1) and Lu's
+`dpm_solver_pytorch.py` (its logSNR time steps, skip_type="logSNR", for the discrete-time schedule).
 
 Timesteps are zero-based, t in {0, ..., T-1}: index t is the paper's step t+1, and abar_{-1} = 1 (x_0 itself).
 """
@@ -19,8 +25,13 @@ from torch import Tensor, nn
 from genlab.checks import ConfigError, check_positive_int
 
 SCHEDULES = ("linear", "cosine")
+SAMPLERS = ("dpmpp_2m", "ddim")  # DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2) | DDIM (Song et al. 2021)
 MAX_BETA = 0.999  # Nichol & Dhariwal clip the cosine schedule's betas here: beta near 1 makes the last step singular
 COSINE_OFFSET = 0.008  # s in Nichol & Dhariwal eq. 17: keeps beta_1 from being vanishingly small
+# Lu's `numerical_clip_alpha` and diffusers' `lambda_min_clipped`: below lambda = -5.1 (about the linear schedule's
+# lambda_{T-1} at T = 1000) x_t is all but pure noise; the cosine schedule's clipped last beta puts lambda_{T-1} near
+# -9, and logSNR steps spread from there would spend several network calls on noise
+LAMBDA_MIN = -5.1
 
 
 def cosine_alpha_bar(t: Tensor) -> Tensor:
@@ -51,7 +62,7 @@ def per_sample(values: Tensor, x: Tensor) -> Tensor:
 
 class NoiseSchedule(nn.Module):
     """betas, alphas and alphas_cumprod as buffers (they follow the module's device and are saved in checkpoints),
-    the forward process, the DDPM posterior and the DDIM step.
+    the forward process, the DDPM posterior, the DDIM step and the DPM-Solver++(2M) step, and their timesteps.
 
     Args:
         num_timesteps: T, the number of diffusion steps.
@@ -131,13 +142,72 @@ class NoiseSchedule(nn.Module):
             x_prev = x_prev + sigma * noise
         return x_prev, x0
 
+    def half_log_snr(self, t: Tensor) -> Tensor:
+        """lambda_t = log(alpha_t / sigma_t) = (log abar_t - log(1 - abar_t)) / 2 for timesteps t (B,), float64;
+        it grows as t falls, to +inf at t = -1 (x_0)."""
+        abar = self.alpha_bar(t).double()
+        return (abar.log() - (1 - abar).log()) / 2
+
+    def dpmpp_2m_step(
+        self, eps: Tensor, x_t: Tensor, t: Tensor, t_prev: Tensor, earlier: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """One DPM-Solver++(2M) step x_t -> x_{t_prev} from the noise prediction `eps`; returns (x_{t_prev},
+        predicted x_0). Pass (that x_0, t) back as `earlier` at the next step.
+
+        Second order with `earlier`, the previous network call's x_0 prediction and timestep; first order without it
+        (the first step) and into t_prev = -1, where h is infinite and the step returns the x_0 prediction itself
+        (diffusers' final step with final_sigmas_type="zero"). The first-order step is DDIM's at eta = 0. As in
+        `ddim_step`, the predicted x_0 is clamped to the data range [-1, 1] (diffusers' thresholding with
+        sample_max_value=1, Lu's correcting_x0_fn)."""
+        abar, abar_prev = self.alpha_bar(t).double(), self.alpha_bar(t_prev).double()
+        # 1. the data prediction x_theta(x_t, t) = (x_t - sigma_t eps) / alpha_t
+        x0 = self.predict_x0(x_t, t, eps).clamp(-1, 1)
+        # 2. h = lambda_{t_prev} - lambda_t > 0, the step in half-log-SNR
+        lam = self.half_log_snr(t)
+        h = self.half_log_snr(t_prev) - lam
+        d = x0
+        if earlier is not None and bool((t_prev >= 0).all()):
+            x0_earlier, t_earlier = earlier
+            # 3. r = h_{i-1} / h_i, D = (1 + 1 / 2r) x_0 - (1 / 2r) x_0,earlier   (Algorithm 2)
+            r = (lam - self.half_log_snr(t_earlier)) / h
+            d = x0 + per_sample(1 / (2 * r), x_t) * (x0 - x0_earlier)
+        # 4. x_{t_prev} = sigma_{t_prev} / sigma_t x_t - alpha_{t_prev} (e^{-h} - 1) D   (Algorithm 2; D = x_0 at
+        #    first order). At t_prev = -1: sigma = 0 and e^{-h} = 0, so x_{-1} = D
+        sigma_ratio = ((1 - abar_prev) / (1 - abar)).sqrt()
+        coef = -abar_prev.sqrt() * torch.expm1(-h)
+        return per_sample(sigma_ratio, x_t) * x_t + per_sample(coef, x_t) * d, x0
+
+    def check_steps(self, steps: int) -> None:
+        """Raise a ValueError unless `steps` (network calls per sample) is an integer in [1, T]."""
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= self.num_timesteps:
+            valid = f"an integer in [1, num_timesteps={self.num_timesteps}]"
+            raise ValueError(f"sample_steps must be {valid}, got {steps!r}")
+
     def ddim_timesteps(self, steps: int) -> Tensor:
         """`steps` timesteps from T-1 down to 0, evenly spaced (all of them when steps == T), then -1 (x_0).
 
         Starting at T-1 rather than at a multiple of T / steps (diffusers' `leading` spacing) makes the first step
         start from (nearly) pure noise, the distribution the sampler's x_T is drawn from (Lin et al. 2024)."""
-        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= self.num_timesteps:
-            valid = f"an integer in [1, num_timesteps={self.num_timesteps}]"
-            raise ValueError(f"sample_steps must be {valid}, got {steps!r}")
+        self.check_steps(steps)
         t = torch.linspace(self.num_timesteps - 1, 0, steps, dtype=torch.float64).round().long()
         return torch.cat([t, t.new_full((1,), -1)]).to(self.betas.device)
+
+    def logsnr_timesteps(self, steps: int) -> Tensor:
+        """`steps` timesteps from T-1 down to 0, evenly spaced in lambda_t, then -1 (x_0): DPM-Solver++'s grid.
+
+        Lu et al.'s `logSNR` spacing, their choice for low-resolution images. On DDIM's grid, even in t, the linear
+        schedule's lambda jumps by 3.6 between the last two of ten calls (t = 111 -> 0), and the second-order term,
+        extrapolated from a step five times shorter, overshoots there (docs/benchmark/sampler.md). Each lambda, from
+        max(lambda_{T-1}, LAMBDA_MIN) to lambda_0, is rounded to the nearest trained timestep, and the first is T-1,
+        pure noise. Where rounding repeats a timestep (beyond ~25 steps, near t = 0) the repeats are moved apart, so
+        that there are `steps` distinct ones: all of them at steps = T."""
+        self.check_steps(steps)
+        lam = self.half_log_snr(torch.arange(self.num_timesteps, device=self.betas.device)).cpu()  # (T,), falling in t
+        targets = torch.linspace(max(lam[-1].item(), LAMBDA_MIN), lam[0].item(), steps, dtype=torch.float64)
+        t = (lam[None, :] - targets[:, None]).abs().argmin(1).tolist()  # (steps,) nearest timesteps
+        for i in reversed(range(steps - 1)):  # from t = 0 up: each at least one above the next ...
+            t[i] = max(t[i], t[i + 1] + 1)
+        t[0] = self.num_timesteps - 1
+        for i in range(1, steps):  # ... and from T-1 down, at least one below the one before; still t[i] >= steps-1-i
+            t[i] = min(t[i], t[i - 1] - 1)
+        return torch.tensor([*t, -1], device=self.betas.device)
