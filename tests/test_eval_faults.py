@@ -1,5 +1,5 @@
 """Evaluation under faults: out of GPU memory (retried in halves), NaN or inf samples, features or metrics (never
-logged, training goes on), and the progress bar over diffusion's DDIM steps."""
+logged, training goes on), and the progress bar over diffusion's solver steps."""
 
 from __future__ import annotations
 
@@ -190,7 +190,7 @@ class StepCounter:
             yield item
 
 
-def test_the_evaluation_turns_the_ddim_bar_on_or_off_and_restores_it(monkeypatch) -> None:
+def test_the_evaluation_turns_the_sampling_bar_on_or_off_and_restores_it(monkeypatch) -> None:
     import genlab.models.diffusion as diffusion
 
     monkeypatch.setattr(diffusion, "tqdm", StepCounter)

@@ -183,7 +183,7 @@ def sample_piece(
 @contextmanager
 def sampling_progress(model, enabled: bool) -> Iterator[None]:
     """Show or hide, for the duration, the inner progress bar of a model whose `sample()` runs many steps (the
-    DDIM steps of `DiffusionModule`): such a model has a `sample_progress` attribute; other models are left as
+    solver steps of `DiffusionModule`): such a model has a `sample_progress` attribute; other models are left as
     they are."""
     if not hasattr(model, "sample_progress"):
         yield
