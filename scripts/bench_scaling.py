@@ -49,7 +49,7 @@ def metric_math(n: int, dim: int, device: torch.device) -> tuple[float, float]:
 
     g = torch.Generator().manual_seed(n)
     real = torch.randn(n, dim, generator=g).to(device)
-    fake = (torch.randn(n, dim, generator=g) * 1.1 + 0.1).to(device)
+    fake = (torch.randn(n, dim, generator=g) * 1.02 + 0.01).to(device)
     size = min(1000, n)
     sync(device)
     start = time.perf_counter()
