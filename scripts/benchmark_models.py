@@ -26,7 +26,7 @@ from pathlib import Path
 from genlab.metric_table import DIGITS, KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
-FAMILIES = ("gmm", "ae", "vae", "dvae", "gan", "cgan", "diffusion")
+FAMILIES = tuple(sorted(p.stem for p in (ROOT / "configs" / "model").glob("*.yaml")))  # every model config
 COLUMNS = tuple(key for key in KEYS if not key.endswith("_std"))  # the metric table's columns, in its order
 
 
