@@ -446,3 +446,11 @@ def test_knn_counts_are_exact_when_features_share_a_large_offset() -> None:
     density_coverage = M.density_coverage(real + 1e4, fake + 1e4, k=5)
     assert density_coverage == pytest.approx((ref["density"], ref["coverage"]), rel=1e-12)
     assert M.precision_recall(real + 1e4, fake + 1e4) == M.precision_recall(real, fake)
+
+
+def test_kid_of_float32_features_uses_float32_dot_products_within_1e6_of_float64() -> None:
+    real, fake = gaussian(600, 64, seed=8).float(), gaussian(600, 64, seed=9, shift=0.3).float()
+    mean32, std32 = M.kid(real, fake, subsets=10, subset_size=300, seed=1)
+    mean64, std64 = M.kid(real.double(), fake.double(), subsets=10, subset_size=300, seed=1)
+    assert mean32 != mean64  # another arithmetic: the float32 path is taken
+    assert rel_diff(mean32, mean64) < 1e-6 and rel_diff(std32, std64) < 1e-5
