@@ -79,3 +79,13 @@ def test_the_extractor_in_channels_last_gives_the_same_metrics() -> None:
         evaluator = Evaluator(random_extractor, ["fid", "pr"], num_samples=40, channels_last=channels_last)
         scores.append(evaluator.evaluate(data, "cpu", images=images, progress=False).metrics)
     assert scores[0] == pytest.approx(scores[1], rel=1e-5)
+
+
+def test_the_real_features_are_cached_per_memory_format(tmp_path) -> None:
+    data = SyntheticDataModule(num_samples=120, image_size=16)
+    for channels_last in (False, True, False):
+        Evaluator(
+            random_extractor, ["fid"], num_samples=40, channels_last=channels_last, cache_dir=str(tmp_path)
+        ).setup(data, "cpu", progress=False)
+    names = sorted(p.name for p in (tmp_path / "features").glob("real-*-train-*.pt"))
+    assert len(names) == 2 and names[0].endswith("-channels_last.pt") != names[1].endswith("-channels_last.pt")

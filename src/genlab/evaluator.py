@@ -226,13 +226,19 @@ class Evaluator:
             "hash": e.weights_hash(),
             "precision": e.precision,
         }
+        # channels_last and compile change the arithmetic too: the real side must come from the same one as the
+        # generated side, or a copied image no longer has exactly its original's features
+        switches = [s for s, on in (("channels_last", self.channels_last), ("compile", self.compile)) if on]
+        if switches:
+            key["switches"] = switches
         self._real_keys.append(key)
         path = None
         if self.cache_dir:
+            suffix = "".join(f"-{s}" for s in switches)
             path = (
                 Path(self.cache_dir)
                 / "features"
-                / f"real-{datamodule.name}-{name}-{key['images']}-{e.name}-{key['hash']}-{e.precision}.pt"
+                / f"real-{datamodule.name}-{name}-{key['images']}-{e.name}-{key['hash']}-{e.precision}{suffix}.pt"
             )
 
         def compute() -> dict[str, Tensor]:
