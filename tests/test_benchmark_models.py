@@ -25,7 +25,7 @@ def test_training_overrides_compose_with_train_yaml(tmp_path: Path, budget, max_
     cfg = compose_train(tmp_path / "run", *overrides)
     GlobalHydra.instance().clear()
     assert cfg.model._target_ == "genlab.models.gan.GANModule" and cfg.model.lr_g == 5e-4
-    assert cfg.seed == 3 and not cfg.eval  # eval=none: no in-run evaluation
+    assert cfg.seed == 3 and "_target_" not in cfg.eval  # eval=none: no in-run evaluation (the budget keys alone)
     assert (cfg.trainer.max_epochs, cfg.trainer.max_time) == (max_epochs, max_time)
 
 
