@@ -60,49 +60,20 @@ def extraction_rows(n: int, device: torch.device, compile: bool, cache: Path) ->
 
 def training_rows(device: torch.device, compile: bool, epochs: int) -> list[tuple[str, float]]:
     """(switches, seconds per epoch after the first) of the default VAE for each training setting."""
-    import lightning as L
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
+    from bench_scaling import vae_epoch_seconds  # scripts/, beside this one
 
     from genlab.callbacks import Speed
-    from genlab.data import MNISTDataModule
 
-    model_cfg = OmegaConf.load(ROOT / "configs" / "model" / "vae.yaml")
     settings = [("32-true", False, False), ("bf16-mixed", False, False), ("32-true", True, False)]
     if compile:
         settings.append(("32-true", False, True))
     rows = []
     for precision, channels_last, compiled in settings:
-
-        class Clock(L.Callback):
-            times: list[float] = []
-
-            def on_train_epoch_start(self, trainer, pl_module) -> None:
-                self.start = time.perf_counter()
-
-            def on_train_epoch_end(self, trainer, pl_module) -> None:
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                self.times.append(time.perf_counter() - self.start)
-
-        torch.manual_seed(0)
-        model = instantiate(model_cfg, image_channels=1, image_size=28)
-        trainer = L.Trainer(
-            accelerator=device.type,
-            devices=1,
-            precision=precision,
-            max_epochs=epochs,
-            limit_val_batches=0,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            callbacks=[clock := Clock(), Speed(channels_last=channels_last, compile=compiled)],
-        )
-        trainer.fit(model, MNISTDataModule(root=str(ROOT / "data"), source="bundled"))
+        speed = Speed(channels_last=channels_last, compile=compiled)
+        seconds = vae_epoch_seconds(device, precision=precision, callbacks=[speed], epochs=epochs)
         name = precision + (" + channels_last" if channels_last else "") + (" + compile" if compiled else "")
-        rows.append((name, min(clock.times[1:] or clock.times)))
-        print(f"  {name}: {rows[-1][1]:.2f} s/epoch", flush=True)
+        rows.append((name, seconds))
+        print(f"  {name}: {seconds:.2f} s/epoch", flush=True)
     return rows
 
 
