@@ -317,9 +317,9 @@ class ImageDataModule(L.LightningDataModule):
         if key not in self._placed:
             free, _ = torch.cuda.mem_get_info(device)
             size = dataset.images.nbytes + dataset.labels.nbytes
-            target = device if size <= DEVICE_SHARE * free else None
-            images = dataset.images.to(device) if target else dataset.images.pin_memory()
-            labels = dataset.labels.to(device) if target else dataset.labels.pin_memory()
+            fits = size <= DEVICE_SHARE * free
+            images = dataset.images.to(device) if fits else dataset.images.pin_memory()
+            labels = dataset.labels.to(device) if fits else dataset.labels.pin_memory()
             self._placed[key] = ImageTensorDataset(images, labels)
         return self._placed[key]
 
