@@ -187,17 +187,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
     lowest_fid = best_fid(callbacks)
     summarize_run(loggers, metrics, lowest_fid)
     finish_loggers(loggers)
+    evaluation = evaluation_info(callbacks)  # once: status.json and the summary state the same figures
     status.write(
         "completed",
         metrics=metrics,
-        evaluation=evaluation_info(callbacks),
+        evaluation=evaluation,
         best_checkpoint=best or None,
         best_fid=lowest_fid,
     )
     data_args = [o for o in task_overrides() if o.startswith(("data=", "data.", "paths."))]
     train_on = train_on_command(cfg.paths.output_dir, f"trainer.max_epochs={2 * trainer.current_epoch}")
     summary = run_summary(metrics, best_checkpoints(callbacks), cfg.paths.output_dir, data_args, train_on)
-    log.info(summary + evaluation_line(evaluation_info(callbacks)))
+    log.info(summary + evaluation_line(evaluation))
     return metrics
 
 

@@ -62,6 +62,7 @@ class GenerativeEval(L.Callback):
         self._logged_info = False
         self.evaluations, self.seconds, self.epochs = 0, 0.0, 0  # this fit's evaluations, their time, its epochs
         self._fit_started: float | None = None
+        self._fit_seconds: float | None = None  # the last fit's wall time, once it has ended
 
     @property
     def extractor(self):
@@ -69,16 +70,20 @@ class GenerativeEval(L.Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.evaluations, self.seconds, self.epochs, self._fit_started = 0, 0.0, 0, time.perf_counter()
+        self._fit_seconds = None
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._fit_seconds = time.perf_counter() - self._fit_started
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.epochs += 1
 
     def overhead(self) -> dict[str, float | int] | None:
-        """{evaluations, seconds (theirs), epochs, fit_seconds (the fit's so far), share (seconds / fit_seconds)}
-        of the current or last fit (from its start: a resumed run counts its own part); None before one started."""
+        """{evaluations, seconds (theirs), epochs, fit_seconds, share (seconds / fit_seconds)} of the current fit so
+        far, or of the last one from its start to its end (a resumed run counts its own part); None before one."""
         if self._fit_started is None:
             return None
-        fit = time.perf_counter() - self._fit_started
+        fit = self._fit_seconds if self._fit_seconds is not None else time.perf_counter() - self._fit_started
         share = self.seconds / fit
         return {
             "evaluations": self.evaluations,
