@@ -82,7 +82,7 @@ def bench_math(n: int, dim: int, device: torch.device, repeats: int) -> list[tup
     }
     ours = {
         "FID": lambda: M.fid(real_dev, fake_dev),
-        "KID": lambda: M.kid(real_dev, fake_dev, subset_size=kid_size),
+        "KID": lambda: M.kid(real_dev, fake_dev, subset_size=kid_size, seed=2020),  # torch-fidelity's seed
         "P&R": keep("P&R genlab", lambda: M.precision_recall(real_dev, fake_dev, k=3)),
         "D&C": keep("D&C genlab", lambda: M.density_coverage(real_dev, fake_dev, k=5)),
     }
@@ -93,12 +93,18 @@ def bench_math(n: int, dim: int, device: torch.device, repeats: int) -> list[tup
     # what an evaluator keeps of the real side between evaluations (computed here, outside the timings)
     reference = M.fid_reference(real_dev)
     radii3, radii5 = M.knn_radii(real_dev, 3, squared=True), M.knn_radii(real_dev, 5, squared=True)
-    sums = M.kid_real_sums(real_dev, n, 100, kid_size, 0)
+    sums = M.kid_real_sums(real_dev, n, 100, kid_size, 2020)
     cached = {
         "FID": lambda: M.fid(real_dev, fake_dev, reference=reference),
-        "KID": lambda: M.kid(real_dev, fake_dev, subset_size=kid_size, real_sums=sums),
+        "KID": lambda: M.kid(real_dev, fake_dev, subset_size=kid_size, seed=2020, real_sums=sums),
         "P&R": keep("P&R cached", lambda: M.precision_recall(real_dev, fake_dev, k=3, real_radii=radii3)),
         "D&C": keep("D&C cached", lambda: M.density_coverage(real_dev, fake_dev, k=5, real_radii=radii5)),
+    }
+    joint = {  # P&R and D&C of one evaluation: one pass over the real-fake distances, one over the real-real ones
+        "fresh": keep("joint", lambda: M.knn_metrics(real_dev, fake_dev, 3, 5)),
+        "cached": keep(
+            "joint cached", lambda: M.knn_metrics(real_dev, fake_dev, 3, 5, real_radii={3: radii3, 5: radii5})
+        ),
     }
     rows, extra = [], []
     for name in ref:
@@ -109,10 +115,17 @@ def bench_math(n: int, dim: int, device: torch.device, repeats: int) -> list[tup
         extra.append((f"{name} (real side cached)", ref_s, cached_s))
         if f64:
             extra.append((f"{name} all-float64 (dtype=float64)", ref_s, f64[0]))
+    joint_s, joint_cached_s = side_by_side(list(joint.values()), device, repeats)
+    both_ref = next(r for n_, r, _ in rows if n_ == "P&R") + next(r for n_, r, _ in rows if n_ == "D&C")
+    extra += [(JOINT, both_ref, joint_s), (f"{JOINT} (real side cached)", both_ref, joint_cached_s)]
+    for key in ("joint", "joint cached"):
+        found = values[key]
+        values[f"P&R {key}"] = (found["precision"], found["recall"])
+        values[f"D&C {key}"] = (found["density"], found["coverage"])
     pr, dc = values["P&R torch-fidelity"], values["D&C prdc"]
     counts = {  # hit counts: the fractions times the number of samples they are fractions of
-        "P&R": [(round(p * n), round(r * n)) for p, r in [values["P&R genlab"], values["P&R cached"]]],
-        "D&C": [(round(d * 5 * n), round(c * n)) for d, c in [values["D&C genlab"], values["D&C cached"]]],
+        "P&R": [(round(p * n), round(r * n)) for p, r in (values[f"P&R {v}"] for v in VARIANTS)],
+        "D&C": [(round(d * 5 * n), round(c * n)) for d, c in (values[f"D&C {v}"] for v in VARIANTS)],
     }
     reference_counts = {
         "P&R": (round(float(pr["precision"]) * n), round(float(pr["recall"]) * n)),
@@ -120,15 +133,22 @@ def bench_math(n: int, dim: int, device: torch.device, repeats: int) -> list[tup
     }
     for name in ("P&R", "D&C"):
         same = all(c == reference_counts[name] for c in counts[name])
-        print(
-            f"{name} hit counts: genlab {counts[name][0]}, real side cached {counts[name][1]}, reference "
-            f"{reference_counts[name]}: {'identical' if same else 'DIFFERENT'}"
-        )
+        found = ", ".join(f"{v} {c}" for v, c in zip(VARIANTS, counts[name], strict=True))
+        print(f"{name} hit counts: {found}, reference {reference_counts[name]}: {'identical' if same else 'DIFFERENT'}")
     print(f"P&R genlab {values['P&R genlab']}, all-float64 {values['P&R all-float64']}, torch-fidelity", end=" ")
     print((pr["precision"], pr["recall"]))
     print(f"D&C genlab {values['D&C genlab']}, all-float64 {values['D&C all-float64']}, prdc", end=" ")
     print((dc["density"], dc["coverage"]))
     return rows + extra
+
+
+JOINT = "P&R + D&C in one pass"
+VARIANTS = (
+    "genlab",
+    "cached",
+    "joint",
+    "joint cached",
+)  # the genlab results whose hit counts must equal the references'
 
 
 def quiet(fn: Callable[..., dict], *args: object, **kwargs: object) -> dict:
@@ -253,14 +273,20 @@ def main() -> None:
             weights = args.weights or random_inception_weights(tmp)
             rows += bench_end_to_end(args.n, device, weights, args.precisions.split(","))
     print(f"\n{args.n} real vs {args.n} fake, {args.dim}-d features, {device} ({torch.get_num_threads()} threads)")
-    print(f"{'work':<42} {'reference s':>12} {'genlab s':>10} {'ratio':>7}")
+    print(f"{'work':<56} {'reference s':>12} {'genlab s':>10} {'ratio':>7}")
     for name, ref, ours in rows:
-        print(f"{name:<42} {ref:12.3f} {ours:10.3f} {ref / ours:6.2f}x")
+        print(f"{name:<56} {ref:12.3f} {ours:10.3f} {ref / ours:6.2f}x")
     total_ref, total_ours = sum(r[1] for r in rows[:4]), sum(r[2] for r in rows[:4])
-    print(f"{'metric math total':<42} {total_ref:12.3f} {total_ours:10.3f} {total_ref / total_ours:6.2f}x")
-    warm = sum(ours for name, _, ours in rows if name.endswith("(real side cached)"))
-    print(f"{'metric math total, real side cached':<42} {total_ref:12.3f} {warm:10.3f} {total_ref / warm:6.2f}x")
+    print(f"{'metric math total':<56} {total_ref:12.3f} {total_ours:10.3f} {total_ref / total_ours:6.2f}x")
+    warm = sum(ours for name, _, ours in rows if name.endswith("(real side cached)") and not name.startswith(JOINT))
+    print(f"{'metric math total, real side cached':<56} {total_ref:12.3f} {warm:10.3f} {total_ref / warm:6.2f}x")
     seconds = {name: ours for name, _, ours in rows}
+    for label, suffix in (
+        ("as one evaluation computes it", ""),
+        ("as one evaluation, real side cached", " (real side cached)"),
+    ):
+        ours = seconds[f"FID{suffix}"] + seconds[f"KID{suffix}"] + seconds[f"{JOINT}{suffix}"]
+        print(f"{'metric math total, ' + label:<56} {total_ref:12.3f} {ours:10.3f} {total_ref / ours:6.2f}x")
     for name in ("P&R", "D&C"):
         before, after = seconds[f"{name} all-float64 (dtype=float64)"], seconds[name]
         print(f"{name}: float32 with exact rechecks is {before / after:.2f}x as fast as all-float64")

@@ -79,6 +79,8 @@ def grid(n: int, d: int, seed: int) -> Tensor:
 def counts(real: Tensor, fake: Tensor, dtype: torch.dtype = torch.float32, chunk_size: int = 4096) -> Counts:
     precision, recall = M.precision_recall(real, fake, k=3, chunk_size=chunk_size, dtype=dtype)
     density, coverage = M.density_coverage(real, fake, k=5, chunk_size=chunk_size, dtype=dtype)
+    joint = M.knn_metrics(real, fake, 3, 5, chunk_size=chunk_size, dtype=dtype)  # one pass for all four
+    assert joint == {"precision": precision, "recall": recall, "density": density, "coverage": coverage}
     n_r, n_f = len(real), len(fake)
     return round(precision * n_f), round(recall * n_r), round(density * 5 * n_f), round(coverage * n_r)
 

@@ -8,7 +8,7 @@ features -> statistics -> metric):
   the validation split), extracted once and cached on disk under a hash of the images themselves, the
   extractor, its weights hash and the precision; FID, KID, P&R and D&C use a fixed random subset of the
   training split as large as the generated set. What the metrics derive from the real side alone (FID's
-  statistics and covariance square root, the k-NN radii, KID's real-real kernel sums, the novelty thresholds) is
+  statistics and covariance factor, the k-NN radii, KID's real-real kernel sums, the novelty thresholds) is
   computed once per real side (`Evaluator.memo`) and cached on disk beside its features, the translated training
   features of the copy rate too where they fit in 256 MiB;
 - fake side: `sample()` in seeded batches (`genlab.feature_sets`), split across DDP ranks and gathered; batches
@@ -98,7 +98,7 @@ def tensor_bytes(obj: Any) -> int:
     if isinstance(obj, Tensor):
         return obj.nbytes
     if isinstance(obj, FidReference):
-        return sum(t.nbytes for t in (obj.mean, obj.covariance, obj.root))
+        return sum(t.nbytes for t in (obj.mean, obj.covariance, obj.factor))
     if isinstance(obj, tuple | list):
         return sum(tensor_bytes(x) for x in obj)
     if isinstance(obj, dict):

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from genlab.checks import ConfigError, did_you_mean
@@ -63,6 +63,8 @@ class Inputs:
     train_translations: Callable[[int], Tensor] | None = None
     fit: Callable[[int], Fit] | None = None
     memo: Callable[[Any, Callable[[], Any]], Any] = lambda key, compute: compute()  # noqa: E731
+    chosen: tuple[str, ...] = ()  # the names of this evaluation's metrics (`compute` sets them)
+    shared: dict[Any, Any] = field(default_factory=dict)  # what metrics of this one evaluation share
 
 
 Compute = Callable[[Inputs, dict[str, Any]], "float | tuple[float, ...]"]
@@ -115,7 +117,7 @@ class Metric:
 
 
 def _fid(real: FeatureSet, name: str, i: Inputs) -> float:
-    reference = i.memo(("fid-reference", name), lambda: M.fid_reference(real.features))
+    reference = i.memo(("fid-factor", name), lambda: M.fid_reference(real.features))
     return M.fid(real.features, i.fake.features, reference=reference)
 
 
@@ -131,8 +133,22 @@ def _kid(i: Inputs, s: dict[str, Any]) -> tuple[float, float]:
     return M.kid(i.real.features, i.fake.features, s["kid_subsets"], size, s["kid_seed"], real_sums=real_sums)
 
 
-def _real_radii(i: Inputs, k: int) -> Tensor:
-    return i.memo(("knn-radii", k), lambda: M.knn_radii(i.real.features, k, squared=True))
+def _knn(i: Inputs, s: dict[str, Any], keys: tuple[str, str]) -> tuple[float, float]:
+    """Two of the k-NN metrics: P&R and D&C of one evaluation come from one `knn_metrics` pass over the real-fake
+    distances (computed by whichever is asked first), the real radii for both k from one pass over the real ones."""
+    pr_k, dc_k = (s["pr_k"] if "pr" in i.chosen else None), (s["dc_k"] if "dc" in i.chosen else None)
+    if keys[0] == "precision":
+        pr_k = s["pr_k"]
+    else:
+        dc_k = s["dc_k"]
+    if ("knn", pr_k, dc_k) not in i.shared:
+        ks = tuple(dict.fromkeys(k for k in (pr_k, dc_k) if k is not None))
+        radii = i.memo(("knn-radii", *ks), lambda: M.knn_radii(i.real.features, ks, squared=True))
+        i.shared["knn", pr_k, dc_k] = M.knn_metrics(
+            i.real.features, i.fake.features, pr_k, dc_k, real_radii=dict(zip(ks, radii, strict=True))
+        )
+    out = i.shared["knn", pr_k, dc_k]
+    return out[keys[0]], out[keys[1]]
 
 
 def _copy_rate(i: Inputs, s: dict[str, Any]) -> float:
@@ -196,18 +212,14 @@ TABLE: tuple[Metric, ...] = (
     Metric(
         "pr",
         ("precision", "recall"),
-        lambda i, s: M.precision_recall(
-            i.real.features, i.fake.features, k=s["pr_k"], real_radii=_real_radii(i, s["pr_k"])
-        ),
+        lambda i, s: _knn(i, s, ("precision", "recall")),
         settings={"pr_k": Setting(3, COUNT)},
         digits=3,
     ),
     Metric(
         "dc",
         ("density", "coverage"),
-        lambda i, s: M.density_coverage(
-            i.real.features, i.fake.features, k=s["dc_k"], real_radii=_real_radii(i, s["dc_k"])
-        ),
+        lambda i, s: _knn(i, s, ("density", "coverage")),
         settings={"dc_k": Setting(5, COUNT)},
         digits=3,
     ),
@@ -370,6 +382,7 @@ def compute(
     ValueError when `skip` is None."""
     from genlab.metrics._checks import TooFewSamplesError
 
+    inputs = replace(inputs, chosen=tuple(m.name for m in metrics), shared={})
     out: dict[str, float] = {}
     for metric in metrics:
         why = unmet_needs(metric, inputs, num_classes)

@@ -23,7 +23,7 @@ from genlab.metrics.conditional import classifier_accuracy, intra_fid
 from genlab.metrics.frechet import FeatureStats, FidReference, fid, fid_from_stats, fid_reference
 from genlab.metrics.inception import inception_score
 from genlab.metrics.kernel_distance import kid, kid_real_sums
-from genlab.metrics.knn import density_coverage, knn_radii, nearest, precision_recall
+from genlab.metrics.knn import density_coverage, knn_metrics, knn_radii, nearest, precision_recall
 from genlab.metrics.novelty import (
     authenticity,
     copy_rate,
@@ -53,6 +53,7 @@ __all__ = [
     "kid",
     "kid_real_sums",
     "kmeans",
+    "knn_metrics",
     "knn_radii",
     "nearest",
     "nearest_other_distance",

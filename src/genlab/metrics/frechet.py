@@ -7,10 +7,13 @@ torchmetrics `FrechetInceptionDistance`:
     FID = ||mu_r - mu_f||^2 + tr(S_r) + tr(S_f) - 2 tr sqrt(S_r S_f),
 
 with unbiased (N - 1) covariances S (numpy `cov`). The references take the eigenvalues of the non-symmetric product
-S_r S_f (numpy on CPU, or complex `torch.linalg.eigvals`). Here tr sqrt(S_r S_f) = sum sqrt(eigvalsh(A S_f A)) with
-A = S_r^(1/2) from a symmetric eigendecomposition: A S_f A is symmetric positive semi-definite and similar to
-S_r S_f, so it has the same eigenvalues, but they come out real and (after clamping rounding noise) >= 0. Everything
-runs in float64 on the statistics' own device (CPU or CUDA): no scipy, no host round trip, never complex.
+S_r S_f (numpy on CPU, or complex `torch.linalg.eigvals`). Here tr sqrt(S_r S_f) = sum sqrt(eigvalsh(F^T S_f F))
+for any factor F with S_r = F F^T: F^T S_f F is symmetric positive semi-definite and similar to S_r S_f (= F F^T S_f),
+so it has the same eigenvalues, but they come out real and (after clamping rounding noise) >= 0. F is the Cholesky
+factor of S_r (a fraction of an eigendecomposition's cost; backward stable, so F F^T is S_r to rounding), or S_r's
+symmetric square root from `eigh` when S_r is too close to singular for Cholesky (fewer samples than dimensions). So
+one FID costs one symmetric eigendecomposition, like the references' one. Everything runs in float64 on the
+statistics' own device (CPU or CUDA): no scipy, no host round trip, never complex.
 """
 
 from __future__ import annotations
@@ -186,11 +189,18 @@ def sqrtm_psd(matrix: Tensor) -> Tensor:
     return (eigenvectors * eigenvalues.clamp(min=0).sqrt()) @ eigenvectors.T
 
 
-def trace_sqrt_product(sigma_a: Tensor, sigma_b: Tensor, root_a: Tensor | None = None) -> Tensor:
+def covariance_factor(matrix: Tensor) -> Tensor:
+    """A (D, D) factor F with F F^T = `matrix` (symmetric PSD): its lower Cholesky factor, or its `sqrtm_psd` when
+    Cholesky finds it not positive definite (singular: fewer samples than dimensions, or rounding)."""
+    factor, info = torch.linalg.cholesky_ex(matrix)
+    return factor if int(info) == 0 else sqrtm_psd(matrix)
+
+
+def trace_sqrt_product(sigma_a: Tensor, sigma_b: Tensor, factor_a: Tensor | None = None) -> Tensor:
     """tr sqrt(sigma_a sigma_b) >= 0 for symmetric PSD (D, D) matrices, as a 0-d tensor on their device;
-    `root_a`: sigma_a's `sqrtm_psd`, when already known (then one symmetric eigendecomposition, not two)."""
-    root = sqrtm_psd(sigma_a) if root_a is None else root_a
-    inner = root @ sigma_b @ root
+    `factor_a`: sigma_a's `covariance_factor`, when already known."""
+    factor = covariance_factor(sigma_a) if factor_a is None else factor_a
+    inner = factor.T @ sigma_b @ factor
     inner = (inner + inner.T) / 2  # symmetric up to rounding; make it exactly so for eigvalsh
     return torch.linalg.eigvalsh(inner).clamp(min=0).sqrt().sum()
 
@@ -198,21 +208,21 @@ def trace_sqrt_product(sigma_a: Tensor, sigma_b: Tensor, root_a: Tensor | None =
 @dataclass(frozen=True)
 class FidReference:
     """The real side of FID prepared once for many evaluations: mean (D,), covariance (D, D) and the covariance's
-    symmetric square root, all float64. `fid_from_stats(reference, fake)` then costs one symmetric
-    eigendecomposition (of root S_f root) instead of two."""
+    `covariance_factor`, all float64. `fid_from_stats(reference, fake)` then costs the one symmetric
+    eigendecomposition of F^T S_f F and two matrix products."""
 
     mean: Tensor
     covariance: Tensor
-    root: Tensor
+    factor: Tensor
 
     @classmethod
     def of(cls, stats: Statistics) -> FidReference:
         """From FeatureStats or a (mu, sigma) pair (`fid_reference` for features)."""
         mean, covariance = _mean_and_covariance(stats, "real")
-        return cls(mean, covariance, sqrtm_psd(covariance))
+        return cls(mean, covariance, covariance_factor(covariance))
 
     def to(self, device: torch.device | str) -> FidReference:
-        return FidReference(self.mean.to(device), self.covariance.to(device), self.root.to(device))
+        return FidReference(self.mean.to(device), self.covariance.to(device), self.factor.to(device))
 
 
 def fid_reference(real_features: Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE) -> FidReference:
@@ -223,20 +233,20 @@ def fid_reference(real_features: Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE) -
 
 def fid_from_stats(real: Statistics | FidReference, fake: Statistics) -> float:
     """FID >= 0 between two feature distributions given as FeatureStats or (mu (D,), sigma (D, D)) pairs; `real`
-    may be a `FidReference` (its square root is reused).
+    may be a `FidReference` (its covariance factor is reused).
 
     Computed in float64 on the device of `real`'s statistics (`fake`'s are moved there).
     """
     if isinstance(real, FidReference):
-        mu_r, sigma_r, root_r = real.mean, real.covariance, real.root
+        mu_r, sigma_r, factor_r = real.mean, real.covariance, real.factor
     else:
-        (mu_r, sigma_r), root_r = _mean_and_covariance(real, "real"), None
+        (mu_r, sigma_r), factor_r = _mean_and_covariance(real, "real"), None
     mu_f, sigma_f = _mean_and_covariance(fake, "fake")
     if mu_r.shape != mu_f.shape:
         raise ValueError(f"real statistics have D={mu_r.shape[0]} but fake have D={mu_f.shape[0]}; they must match")
     mu_f, sigma_f = mu_f.to(mu_r.device), sigma_f.to(mu_r.device)
     diff = mu_r - mu_f
-    tr_sqrt = trace_sqrt_product(sigma_r, sigma_f, root_r)
+    tr_sqrt = trace_sqrt_product(sigma_r, sigma_f, factor_r)
     value = diff.dot(diff) + sigma_r.trace() + sigma_f.trace() - 2 * tr_sqrt
     return max(float(value), 0.0)
 

@@ -221,16 +221,24 @@ def _local_groups(rows: Tensor, kept: Tensor, n: int) -> Iterator[tuple[int, Ten
         yield representative, rows[label[rows] == representative]
 
 
-def _exact_radii(x: Centred, k: int, chunk_size: int, levels: tuple[torch.dtype, ...]) -> Tensor:
-    """(N,) float64 exact squared distance of each row of the (N, D) `x` to its k-th nearest other row.
+def _exact_radii(x: Centred, ks: tuple[int, ...], chunk_size: int, levels: tuple[torch.dtype, ...]) -> list[Tensor]:
+    """Per k of `ks`, the (N,) float64 exact squared distance of each row of the (N, D) `x` to its k-th nearest other
+    row, from one pass over the symmetric blocks.
 
-    Stages, each for the rows the previous one left: the k + 1 + KEEP_EXTRA smallest values of every row in
-    levels[0] (the symmetric blocks computed once), then in the next level; then in float64 centred on a member of
-    the row's tight cluster (near-copies the global centre cannot tell apart); then every neighbour so."""
-    n = len(x.sq)
-    out = torch.empty(n, dtype=torch.float64, device=x.sq.device)
-    keep = min(k + 1 + KEEP_EXTRA, n)
+    Stages, each for the rows the previous one left: the max(ks) + 1 + KEEP_EXTRA smallest values of every row in
+    levels[0] (the symmetric blocks computed once, for every k), then in the next level; then in float64 centred on a
+    member of the row's tight cluster (near-copies the global centre cannot tell apart); then every neighbour so."""
+    keep = min(max(ks) + 1 + KEEP_EXTRA, len(x.sq))
     values, index = _smallest_within(x, keep, chunk_size, levels[0])
+    return [_settle_all(x, k, values, index, chunk_size, levels) for k in ks]
+
+
+def _settle_all(
+    x: Centred, k: int, values: Tensor, index: Tensor, chunk_size: int, levels: tuple[torch.dtype, ...]
+) -> Tensor:
+    """`_exact_radii` for one k from every row's kept smallest levels[0] values (N, keep) at columns `index`."""
+    n, keep = len(x.sq), values.shape[1]
+    out = torch.empty(n, dtype=torch.float64, device=x.sq.device)
     radius, settled = _settle_radii(x, torch.arange(n, device=x.sq.device), values, index, k)
     out[settled] = radius[settled]
     left, kept = torch.nonzero(~settled)[:, 0], index[~settled]
@@ -292,7 +300,7 @@ class _Setup:
         """The k-NN balls of one side, as the rows or the columns of the (real, fake) blocks; `radii`: their exact
         squared radii, when known."""
         if radii is None:
-            radii = _exact_radii(side, k, self.chunk_size, self.levels)
+            [radii] = _exact_radii(side, (k,), self.chunk_size, self.levels)
         elif radii.shape != side.sq.shape:
             raise ValueError(f"radii have shape {tuple(radii.shape)}, expected ({len(side.sq)},): see knn_radii")
         radii = radii.to(device=side.sq.device, dtype=torch.float64)
@@ -322,19 +330,22 @@ class _Setup:
 @ieee_float32()
 def knn_radii(
     features: Tensor,
-    k: int,
+    k: int | tuple[int, ...],
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     centre: Tensor | None = None,
     dtype: torch.dtype = torch.float32,
     squared: bool = False,
-) -> Tensor:
+) -> Tensor | tuple[Tensor, ...]:
     """(N,) float64 distance of each sample to its k-th nearest other sample in `features` (N, D), N >= k + 1: the
-    square root of its `exact_squared_distances` (`squared`: that exact value itself, which `precision_recall` and
-    `density_coverage` take as `real_radii`); `centre` (default: `feature_mean`) and `dtype` (as in
-    `precision_recall`) change only the speed."""
+    square root of its `exact_squared_distances` (`squared`: that exact value itself, which `knn_metrics` and the
+    functions on it take as real radii); `centre` (default: `feature_mean`) and `dtype` (as in `precision_recall`)
+    change only the speed. A tuple of k gives a tuple of radii, all from one pass over the distances."""
+    ks = k if isinstance(k, tuple) else (k,)
+    for one in ks:
+        check_int("k", one, 1)
     x = Centred.of(features, feature_mean(features) if centre is None else centre, chunk_size)
-    radii = _exact_radii(x, k, chunk_size, _levels(dtype, float(x.sq.max())))
-    return radii if squared else radii.sqrt()
+    radii = [r if squared else r.sqrt() for r in _exact_radii(x, ks, chunk_size, _levels(dtype, float(x.sq.max())))]
+    return tuple(radii) if isinstance(k, tuple) else radii[0]
 
 
 def _check_knn(real: Tensor, fake: Tensor, k: int, chunk_size: int, fake_needs_radii: bool) -> None:
@@ -347,6 +358,60 @@ def _check_knn(real: Tensor, fake: Tensor, k: int, chunk_size: int, fake_needs_r
 
 
 @ieee_float32()
+def knn_metrics(
+    real_features: Tensor,
+    fake_features: Tensor,
+    pr_k: int | None = 3,
+    dc_k: int | None = 5,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    dtype: torch.dtype = torch.float32,
+    real_radii: dict[int, Tensor] | None = None,
+) -> dict[str, float]:
+    """{'precision', 'recall'} (with `pr_k`) and {'density', 'coverage'} (with `dc_k`) of fake (N_f, D) against
+    real (N_r, D) features, from one pass over the real-fake distances and one over the real-real ones (the radii
+    for both k); `None` leaves a pair out. `real_radii`: {k: `knn_radii(real_features, k, squared=True)`} for the
+    k asked for, kept from an earlier call with the same real side. `precision_recall` and `density_coverage`
+    say what each pair means."""
+    if pr_k is None and dc_k is None:
+        raise ValueError("knn_metrics needs pr_k or dc_k (or both); got neither")
+    ks = tuple(dict.fromkeys(k for k in (pr_k, dc_k) if k is not None))
+    for k in ks:
+        _check_knn(real_features, fake_features, k, chunk_size, fake_needs_radii=k == pr_k)
+    setup = _Setup.of(real_features, fake_features, chunk_size, dtype)
+    if real_radii is None:
+        real_radii = dict(zip(ks, _exact_radii(setup.real, ks, chunk_size, setup.levels), strict=True))
+    missing = [k for k in ks if k not in real_radii]
+    if missing:
+        raise ValueError(f"real_radii has radii for k={sorted(real_radii)}, not for k={missing}: see knn_radii")
+    balls = []
+    if pr_k is not None:
+        real_balls = setup.balls(setup.real, pr_k, on_rows=True, strict=False, radii=real_radii[pr_k])
+        balls += [real_balls, setup.balls(setup.fake, pr_k, on_rows=False, strict=False)]
+    if dc_k is not None:
+        balls.append(setup.balls(setup.real, dc_k, on_rows=True, strict=True, radii=real_radii[dc_k]))
+    n_real, n_fake, device = real_features.shape[0], fake_features.shape[0], real_features.device
+    fake_in_real = torch.zeros(n_fake, dtype=torch.bool, device=device)
+    real_in_fake = torch.zeros(n_real, dtype=torch.bool, device=device)
+    counts = torch.zeros(n_fake, dtype=torch.int64, device=device)
+    covered = torch.zeros(n_real, dtype=torch.bool, device=device)
+    for rows, cols, insides in setup.inside_blocks(balls):
+        if pr_k is not None:
+            in_real, in_fake, *insides = insides
+            fake_in_real[cols] |= in_real.any(dim=0)
+            real_in_fake[rows] |= in_fake.any(dim=1)
+        if dc_k is not None:
+            [inside] = insides
+            counts[cols] += inside.sum(dim=0)
+            covered[rows] |= inside.any(dim=1)  # min over fakes < radius, as prdc
+    out = {}
+    if pr_k is not None:
+        out["precision"], out["recall"] = torch.stack([fake_in_real.double().mean(), real_in_fake.double().mean()])
+    if dc_k is not None:
+        density = counts.sum().double() / (dc_k * n_fake)
+        out["density"], out["coverage"] = torch.stack([density, covered.double().mean()])
+    return dict(zip(out, torch.stack(list(out.values())).tolist(), strict=True))
+
+
 def precision_recall(
     real_features: Tensor,
     fake_features: Tensor,
@@ -364,20 +429,11 @@ def precision_recall(
     neither it nor `chunk_size` (block edge, >= 1). `real_radii`: `knn_radii(real_features, k, squared=True)`,
     kept from an earlier call with the same real side.
     """
-    _check_knn(real_features, fake_features, k, chunk_size, fake_needs_radii=True)
-    setup = _Setup.of(real_features, fake_features, chunk_size, dtype)
-    real_balls = setup.balls(setup.real, k, on_rows=True, strict=False, radii=real_radii)
-    fake_balls = setup.balls(setup.fake, k, on_rows=False, strict=False)
-    fake_in_real = torch.zeros(fake_features.shape[0], dtype=torch.bool, device=fake_features.device)
-    real_in_fake = torch.zeros(real_features.shape[0], dtype=torch.bool, device=real_features.device)
-    for rows, cols, (in_real, in_fake) in setup.inside_blocks([real_balls, fake_balls]):
-        fake_in_real[cols] |= in_real.any(dim=0)
-        real_in_fake[rows] |= in_fake.any(dim=1)
-    precision, recall = torch.stack([fake_in_real.double().mean(), real_in_fake.double().mean()]).tolist()
-    return precision, recall
+    radii = None if real_radii is None else {k: real_radii}
+    out = knn_metrics(real_features, fake_features, k, None, chunk_size, dtype, radii)
+    return out["precision"], out["recall"]
 
 
-@ieee_float32()
 def density_coverage(
     real_features: Tensor,
     fake_features: Tensor,
@@ -393,14 +449,6 @@ def density_coverage(
     `dtype` as in `precision_recall`: the result depends on neither it nor `chunk_size` (block edge, >= 1).
     `real_radii` as in `precision_recall`.
     """
-    _check_knn(real_features, fake_features, k, chunk_size, fake_needs_radii=False)
-    setup = _Setup.of(real_features, fake_features, chunk_size, dtype)
-    real_balls = setup.balls(setup.real, k, on_rows=True, strict=True, radii=real_radii)
-    counts = torch.zeros(fake_features.shape[0], dtype=torch.int64, device=fake_features.device)
-    covered = torch.zeros(real_features.shape[0], dtype=torch.bool, device=real_features.device)
-    for rows, cols, (inside,) in setup.inside_blocks([real_balls]):
-        counts[cols] += inside.sum(dim=0)
-        covered[rows] |= inside.any(dim=1)  # min over fakes < radius, as prdc
-    density = counts.sum().double() / (k * fake_features.shape[0])
-    density, coverage = torch.stack([density, covered.double().mean()]).tolist()
-    return density, coverage
+    radii = None if real_radii is None else {k: real_radii}
+    out = knn_metrics(real_features, fake_features, None, k, chunk_size, dtype, radii)
+    return out["density"], out["coverage"]
