@@ -104,6 +104,8 @@ def test_checkpoint_reloads_without_hydra_and_samples_the_same(tmp_path: Path) -
         ({"likelihood": "poisson"}, r"likelihood must be one of \['bernoulli', 'gaussian'\], got 'poisson'"),
         ({"beta": -1.0}, "beta must be >= 0, got -1.0"),
         ({"lr": 0.0}, "lr must be > 0, got 0.0"),
+        ({"latent_density": "flow"}, r"latent_density must be one of \['none', 'gaussian', 'gmm'\], got 'flow'"),
+        ({"latent_density": "gmm", "latent_components": 0}, "latent_components must be a positive integer, got 0"),
     ],
 )
 def test_bad_hyperparameters_name_the_value(override: dict, message: str) -> None:
@@ -116,3 +118,41 @@ def test_bits_per_dim_is_the_elbo_in_bits_per_pixel(likelihood: str, offset: flo
     model = VAEModule(**TINY, likelihood=likelihood)
     nelbo = torch.tensor(16 * 16 * math.log(2) * 3.0)  # 3 bits per pixel of a 16x16 grey image
     assert model.bpd(nelbo).item() == pytest.approx(3.0 + offset, abs=1e-4)  # gaussian: + log2(255 / 2) per pixel
+
+
+def test_an_ex_post_density_is_fitted_to_the_posterior_means_and_sampled_unless_the_prior_is_asked_for(
+    tmp_path: Path,
+) -> None:
+    L.seed_everything(0)
+    model = VAEModule(**TINY, latent_density="gaussian")
+    trainer = L.Trainer(
+        max_epochs=1,
+        limit_train_batches=3,
+        limit_val_batches=1,
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    data = SyntheticDataModule(num_samples=64, image_size=16, batch_size=16)
+    trainer.fit(model, datamodule=data)
+    assert model.density_means.abs().sum() > 0  # fitted, no longer N(0, I)
+    codes = torch.randn(500, 4, generator=torch.Generator().manual_seed(1)) * 0.1 + 2.0
+    model.fit_density(codes)  # the fit is the autoencoder's (tests/test_ae.py): it follows the codes it is given
+    torch.testing.assert_close(model.density_means[0, 0].float(), codes.mean(0))
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    from_density = model.sample(8, generator=g())
+    z = model.sample_density(8, g())
+    torch.testing.assert_close(from_density, model.decoded_mean(model.decode(z)))
+    model.sample_latent = "prior"
+    from_prior = model.sample(8, generator=g())
+    assert not torch.allclose(from_prior, from_density)
+    path = tmp_path / "density.ckpt"
+    trainer.save_checkpoint(path)
+    reloaded = load_model(path)
+    assert reloaded.sample_latent == "density" and torch.equal(reloaded.sample(8, generator=g()), from_density)
+    reloaded.sample_latent = "posterior"
+    with pytest.raises(ValueError, match=r"sample_latent must be one of \['prior', 'density'\], got 'posterior'"):
+        reloaded.sample(2)
+    assert "density_means" not in VAEModule(**TINY).state_dict()  # latent_density=none: checkpoints as before

@@ -1,6 +1,7 @@
-"""Callbacks: evaluation, sample grids, speed switches, resumable RNG state, mid-epoch checkpoints and the
-finite-loss guard."""
+"""Callbacks: evaluation, sample grids, speed switches, resumable RNG state, mid-epoch checkpoints, the
+finite-loss guard and the training budget."""
 
+from genlab.callbacks.budget import TrainingBudget
 from genlab.callbacks.finite_loss import DivergedError, FiniteLoss, SafeOnExceptionCheckpoint
 from genlab.callbacks.generative_eval import BestFIDCheckpoint, GenerativeEval
 from genlab.callbacks.rng_state import RNGState
@@ -18,4 +19,5 @@ __all__ = [
     "SampleGrid",
     "Speed",
     "StepCheckpoint",
+    "TrainingBudget",
 ]
