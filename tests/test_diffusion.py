@@ -416,8 +416,80 @@ def test_validation_loss_is_seeded_and_ema_is_configured() -> None:
         ({"ema_decay": 1.0}, r"ema_decay must be in \[0, 1\) .*, got 1.0"),
         ({"ema_start": -5}, "ema_start must be a non-negative integer, got -5"),
         ({"lr": 0.0}, "lr must be > 0, got 0.0"),
+        ({"prediction": "x0"}, r"prediction must be one of \['eps', 'v'\], got 'x0'"),
+        ({"loss_weighting": "p2"}, r"loss_weighting must be one of \['none', 'min_snr'\], got 'p2'"),
+        ({"min_snr_gamma": 0.0}, "min_snr_gamma must be > 0, got 0.0"),
+        ({"stem_stride": 4}, r"stem_stride must be one of \[1, 2\], got 4"),
+        ({"image_size": 28, "channels": [8, 16, 16], "stem_stride": 2}, r"halves it 3 times .* multiple of 8"),
     ],
 )
 def test_bad_hyperparameters_name_the_value(override: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         DiffusionModule(**{**TINY, **override})
+
+
+def test_with_many_steps_dpm_solver_gives_ddim_s_samples() -> None:
+    dpm, ddim = gaussian_samples("dpmpp_2m", 200), gaussian_samples("ddim", 1000)  # DDIM on every timestep
+    assert rms(dpm, ddim) < 2e-3  # both converge to the one ODE solution (1.4e-3; DDIM at first order)
+    assert rms(gaussian_samples("dpmpp_2m", 15), ddim) > 3 * rms(dpm, ddim)  # 5.6e-3: the tolerance can fail
+
+
+def test_velocity_and_noise_convert_into_each_other() -> None:
+    schedule = NoiseSchedule(1000, "cosine")
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.rand(6, 1, 4, 4, generator=g) * 2 - 1, torch.randn(6, 1, 4, 4, generator=g)
+    t = torch.tensor([0, 10, 200, 500, 900, 999])
+    x_t = schedule.q_sample(x0, t, noise)
+    v = schedule.velocity(x0, t, noise)
+    torch.testing.assert_close(schedule.eps_from_velocity(x_t, t, v), noise, atol=2e-5, rtol=0)
+    abar = schedule.alpha_bar(t).view(-1, 1, 1, 1)  # |v|^2 = |eps|^2 abar + |x0|^2 (1 - abar) in expectation
+    torch.testing.assert_close(v, abar.sqrt() * noise - (1 - abar).sqrt() * x0)
+    torch.testing.assert_close(schedule.snr(t), schedule.alpha_bar(t) / (1 - schedule.alpha_bar(t)))
+
+
+class TrueVelocity(nn.Module):
+    """Stands in for the UNet of a v-prediction model: the v of the x_0 and noise the test drew."""
+
+    def __init__(self, schedule: NoiseSchedule, x0: Tensor, noise: Tensor) -> None:
+        super().__init__()
+        self.schedule, self.x0, self.noise = schedule, x0, noise
+
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        return self.schedule.velocity(self.x0, t, self.noise)
+
+
+def test_a_v_prediction_model_samples_through_the_noise_its_v_implies() -> None:
+    model = DiffusionModule(**TINY, prediction="v", schedule="cosine")
+    g = torch.Generator().manual_seed(1)
+    x0, noise = torch.rand(3, 1, 16, 16, generator=g) * 2 - 1, torch.randn(3, 1, 16, 16, generator=g)
+    t = torch.tensor([2, 9, 17])
+    model.unet = TrueVelocity(model.schedule, x0, noise)
+    torch.testing.assert_close(model(model.schedule.q_sample(x0, t, noise), t), noise, atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_min_snr_weights_each_sample_s_error_by_min_snr_gamma_over_its_snr(prediction: str, monkeypatch) -> None:
+    model = DiffusionModule(**TINY, prediction=prediction, loss_weighting="min_snr", min_snr_gamma=2.0)
+    model.unet = StubEps()
+    x = torch.rand(8, 1, 16, 16, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    loss = model.eps_mse(x, None, torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)  # the draws eps_mse makes, in its order
+    t = torch.randint(0, 20, (8,), generator=g)
+    noise = torch.randn(x.shape, generator=g)
+    target = model.schedule.velocity(x, t, noise) if prediction == "v" else noise
+    error = (StubEps()(model.schedule.q_sample(x, t, noise), t) - target).square().flatten(1).mean(1)
+    snr = model.schedule.snr(t)
+    weight = snr.clamp(max=2.0) / (snr + 1 if prediction == "v" else snr)
+    assert float(loss) == pytest.approx(float((weight * error).mean()), rel=1e-5)
+    assert weight.min() < 1  # some timesteps are down-weighted: the check can tell weighted from plain
+    plain = DiffusionModule(**TINY, prediction=prediction)
+    plain.unet = StubEps()
+    assert float(plain.eps_mse(x, None, torch.Generator().manual_seed(3))) == pytest.approx(float(error.mean()), 1e-5)
+
+
+def test_a_stride_2_stem_runs_the_unet_at_half_size_and_keeps_the_image_shape() -> None:
+    unet = UNet(1, [8, 16], num_res_blocks=1, stem_stride=2)
+    x = torch.randn(2, 1, 28, 28)
+    seen = []
+    unet.down[0].register_forward_hook(lambda module, args, out: seen.append(tuple(out.shape[-2:])))
+    assert unet(x, torch.tensor([3, 999])).shape == x.shape and seen == [(14, 14)]

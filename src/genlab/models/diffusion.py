@@ -26,9 +26,12 @@ from genlab.checks import ConfigError, check_positive_int
 from genlab.models.base import GenerativeModule, check_labels, randn, to_unit
 from genlab.models.blocks import TimeEmbedding, TimeResBlock, check_channels, norm
 from genlab.models.ema import EMA
-from genlab.models.schedule import SAMPLERS, SCHEDULES, NoiseSchedule
+from genlab.models.schedule import SAMPLERS, SCHEDULES, NoiseSchedule, per_sample
 
 VAL_SEED = 1234  # seeds the validation loss's timesteps and noise: the same draws every epoch
+PREDICTIONS = ("eps", "v")  # what the network predicts: the noise (Ho et al. 2020) or v (Salimans & Ho 2022)
+LOSS_WEIGHTINGS = ("none", "min_snr")  # the simple loss, or Min-SNR-gamma (Hang et al. 2023)
+STEM_STRIDES = (1, 2)
 
 
 class SelfAttention(nn.Module):
@@ -63,9 +66,9 @@ class Upsample(nn.Module):
 class UNet(nn.Module):
     """eps_theta(x_t, t, y): images (B, C, S, S), timesteps (B,) and labels (B,) or None -> noise (B, C, S, S).
 
-    One resolution per entry of `channels` (28 -> 14 -> 7 for three entries), `num_res_blocks` residual blocks on
-    the way down and one more on the way up, each fed the matching skip connection. The label embedding (index
-    `num_classes` = no label) is added to the time embedding.
+    One resolution per entry of `channels` (28 -> 14 -> 7 for three entries; 14 -> 7 -> 4 from a `stem_stride` of
+    2), `num_res_blocks` residual blocks on the way down and one more on the way up, each fed the matching skip
+    connection. The label embedding (index `num_classes` = no label) is added to the time embedding.
     """
 
     def __init__(
@@ -76,12 +79,17 @@ class UNet(nn.Module):
         attention: bool = True,
         dropout: float = 0.0,
         num_classes: int = 0,
+        stem_stride: int = 1,
     ) -> None:
         super().__init__()
         emb_dim = 4 * channels[0]
         self.time_embed = TimeEmbedding(channels[0], emb_dim)
         self.class_embed = nn.Embedding(num_classes + 1, emb_dim) if num_classes > 0 else None
-        self.stem = nn.Conv2d(image_channels, channels[0], 3, padding=1)
+        # stem_stride 2: the first resolution at half size, the pixels of each 2x2 patch as channels (PixelUnshuffle)
+        # and the head's 4x channels back into pixels (PixelShuffle), a quarter of the full-size convolutions' cost
+        s = stem_stride
+        unshuffle = [nn.PixelUnshuffle(s)] if s > 1 else []
+        self.stem = nn.Sequential(*unshuffle, nn.Conv2d(image_channels * s * s, channels[0], 3, padding=1))
         skips, prev = [channels[0]], channels[0]  # widths of the feature maps kept for the way up
         self.down = nn.ModuleList()
         for level, ch in enumerate(channels):
@@ -101,9 +109,10 @@ class UNet(nn.Module):
                 prev = ch
             if level > 0:
                 self.up.append(Upsample(ch))
-        self.head = nn.Sequential(norm(prev), nn.SiLU(), nn.Conv2d(prev, image_channels, 3, padding=1))
-        nn.init.zeros_(self.head[-1].weight)  # predicts eps = 0 at first: the loss starts at E[eps^2] = 1
-        nn.init.zeros_(self.head[-1].bias)
+        out = nn.Conv2d(prev, image_channels * s * s, 3, padding=1)
+        nn.init.zeros_(out.weight)  # predicts eps = 0 at first: the loss starts at E[eps^2] = 1
+        nn.init.zeros_(out.bias)
+        self.head = nn.Sequential(norm(prev), nn.SiLU(), out, *([nn.PixelShuffle(s)] if s > 1 else []))
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         emb = self.time_embed(t)  # (B, emb_dim)
@@ -136,6 +145,13 @@ class DiffusionModule(GenerativeModule):
         dropout: dropout inside the residual blocks.
         num_timesteps: T, the number of diffusion steps.
         schedule: `linear` (Ho et al.) or `cosine` (Nichol & Dhariwal 2021).
+        prediction: what the network predicts, `eps` (the noise, Ho et al.) or `v` (sqrt(abar) eps - sqrt(1 - abar)
+            x_0, Salimans & Ho 2022: well scaled at every t, and with the cosine schedule the usual pairing).
+        loss_weighting: `none` (the simple loss) or `min_snr`: each timestep's loss weighted by
+            min(SNR_t, gamma) / SNR_t for eps (/ (SNR_t + 1) for v), Hang et al. 2023, "Efficient Diffusion
+            Training via Min-SNR Weighting Strategy": the low-noise steps stop dominating the gradient.
+        min_snr_gamma: gamma of `min_snr` (the paper's 5).
+        stem_stride: 1, or 2 for a UNet whose first resolution is half the image size (see `UNet`).
         sampler: `dpmpp_2m` (DPM-Solver++(2M), Lu et al. 2022) or `ddim` (Song et al. 2021); attribute `sampler`.
         sample_steps: network calls per sample, one per solver step (at most T); attribute `sample_steps`. A progress
             bar counts them: the attribute `sample_progress` is None (shown on a terminal only), True or False; the
@@ -162,6 +178,10 @@ class DiffusionModule(GenerativeModule):
         dropout: float = 0.0,
         num_timesteps: int = 1000,
         schedule: str = "linear",
+        prediction: str = "eps",
+        loss_weighting: str = "none",
+        min_snr_gamma: float = 5.0,
+        stem_stride: int = 1,
         sampler: str = "dpmpp_2m",
         sample_steps: int = 15,
         eta: float = 0.0,
@@ -177,7 +197,7 @@ class DiffusionModule(GenerativeModule):
         check_hparams(**self.hparams)  # every constructor argument, by name
         self.num_classes = num_classes
         try:
-            self.unet = UNet(image_channels, channels, num_res_blocks, attention, dropout, num_classes)
+            self.unet = UNet(image_channels, channels, num_res_blocks, attention, dropout, num_classes, stem_stride)
         except ValueError as err:  # a width on the way up (a stage's plus its skip's) that GroupNorm cannot split
             raise ConfigError(f"channels={list(channels)} give a width that GroupNorm cannot split: {err}") from None
         self.schedule = NoiseSchedule(num_timesteps, schedule)
@@ -187,14 +207,24 @@ class DiffusionModule(GenerativeModule):
 
     def forward(self, x_t: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         """The predicted noise eps_theta(x_t, t, y), (B, C, S, S); y = None is the null label."""
-        return self.unet(x_t, t, y)
+        out = self.unet(x_t, t, y)
+        return self.schedule.eps_from_velocity(x_t, t, out) if self.hparams.prediction == "v" else out
 
     def eps_mse(self, x: Tensor, y: Tensor | None, generator: torch.Generator | None = None) -> Tensor:
-        """The simple loss (Ho et al. eq. 14) at random t and eps, drawn from `generator` when one is given."""
+        """The training loss at random t and eps, drawn from `generator` when one is given: the simple loss (Ho et
+        al. eq. 14, the mean squared error of the prediction, eps or v) with each sample's timestep weighted by
+        `loss_weighting`."""
         source = generator.device if generator is not None else x.device
         t = torch.randint(0, self.schedule.num_timesteps, (len(x),), generator=generator, device=source).to(x.device)
         noise = randn(tuple(x.shape), x.device, generator)
-        return F.mse_loss(self(self.schedule.q_sample(x, t, noise), t, y), noise)
+        v = self.hparams.prediction == "v"
+        target = self.schedule.velocity(x, t, noise) if v else noise
+        error = (self.unet(self.schedule.q_sample(x, t, noise), t, y) - target).square()
+        if self.hparams.loss_weighting == "none":
+            return error.mean()
+        snr = self.schedule.snr(t)
+        weight = snr.clamp(max=self.hparams.min_snr_gamma) / (snr + 1 if v else snr)
+        return (per_sample(weight, error) * error).mean()
 
     def drop_labels(self, y: Tensor) -> Tensor:
         """Labels with each replaced by the null label (index num_classes) with probability cond_drop_prob, so the
@@ -332,6 +362,10 @@ def check_hparams(
     dropout: float,
     num_timesteps: int,
     schedule: str,
+    prediction: str,
+    loss_weighting: str,
+    min_snr_gamma: float,
+    stem_stride: int,
     sampler: str,
     sample_steps: int,
     eta: float,
@@ -346,11 +380,14 @@ def check_hparams(
     check_positive_int("image_channels", image_channels)
     check_positive_int("num_classes", num_classes, allow_zero=True)
     check_channels(channels)
-    factor = 2 ** (len(channels) - 1)
+    if stem_stride not in STEM_STRIDES:
+        raise ConfigError(f"stem_stride must be one of {list(STEM_STRIDES)}, got {stem_stride!r}")
+    halvings = len(channels) - 1 + (stem_stride == 2)
+    factor = 2**halvings
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < factor or image_size % factor:
         raise ConfigError(
-            f"image_size={image_size!r} cannot be handled: the UNet halves it {len(channels) - 1} times "
-            f"(channels={list(channels)}), so it must be a positive multiple of {factor}"
+            f"image_size={image_size!r} cannot be handled: the UNet halves it {halvings} times "
+            f"(channels={list(channels)}, stem_stride={stem_stride}), so it must be a positive multiple of {factor}"
         )
     check_positive_int("num_res_blocks", num_res_blocks)
     if not isinstance(attention, bool):
@@ -360,6 +397,12 @@ def check_hparams(
     check_positive_int("num_timesteps", num_timesteps)
     if schedule not in SCHEDULES:
         raise ConfigError(f"schedule must be one of {list(SCHEDULES)}, got {schedule!r}")
+    if prediction not in PREDICTIONS:
+        raise ConfigError(f"prediction must be one of {list(PREDICTIONS)}, got {prediction!r}")
+    if loss_weighting not in LOSS_WEIGHTINGS:
+        raise ConfigError(f"loss_weighting must be one of {list(LOSS_WEIGHTINGS)}, got {loss_weighting!r}")
+    if not min_snr_gamma > 0:
+        raise ConfigError(f"min_snr_gamma must be > 0, got {min_snr_gamma!r}")
     check_positive_int("sample_steps", sample_steps)
     if sample_steps > num_timesteps:
         raise ConfigError(f"sample_steps must be at most num_timesteps={num_timesteps}, got {sample_steps}")

@@ -94,6 +94,22 @@ class NoiseSchedule(nn.Module):
         abar = per_sample(self.alpha_bar(t), x0)
         return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
 
+    def snr(self, t: Tensor) -> Tensor:
+        """The signal-to-noise ratio abar_t / (1 - abar_t) at timesteps t (B,) in {0, ..., T-1}."""
+        abar = self.alpha_bar(t)
+        return abar / (1 - abar)
+
+    def velocity(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0 (Salimans & Ho 2022, "Progressive Distillation", eq. 6 in
+        this notation): the v-prediction target for x_t = q_sample(x0, t, noise)."""
+        abar = per_sample(self.alpha_bar(t), x0)
+        return abar.sqrt() * noise - (1 - abar).sqrt() * x0
+
+    def eps_from_velocity(self, x_t: Tensor, t: Tensor, v: Tensor) -> Tensor:
+        """The noise implied by x_t and a v prediction: eps = sqrt(abar_t) v + sqrt(1 - abar_t) x_t."""
+        abar = per_sample(self.alpha_bar(t), x_t)
+        return abar.sqrt() * v + (1 - abar).sqrt() * x_t
+
     def predict_x0(self, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
         """x_0 implied by x_t and a noise prediction: eq. 4 solved for x_0 (the `predicted x_0` of DDIM eq. 12)."""
         abar = per_sample(self.alpha_bar(t), x_t)
