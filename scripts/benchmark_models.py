@@ -72,6 +72,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "benchmark")
     parser.add_argument("--docs", type=Path, help="also copy curves.md, curves.png and the grids into this folder")
     parser.add_argument("--extra", nargs="*", default=[], help="more Hydra overrides for every training run")
+    parser.add_argument(
+        "--tables-only",
+        action="store_true",
+        help="no training or scoring: rewrite the table, plot and grids from what --out holds (after a stopped run)",
+    )
     args = parser.parse_args(argv)
     unknown = sorted(set(args.models) - set(FAMILIES)) + ([args.long_model] if args.long_model not in FAMILIES else [])
     if unknown:
@@ -224,6 +229,10 @@ def scoring_overrides(num_samples: int, extractor: str) -> list[str]:
 
 def load_records(path: Path) -> list[dict]:
     return json.loads(path.read_text())["points"] if path.is_file() else []
+
+
+def load_meta(path: Path) -> dict:
+    return json.loads(path.read_text())["meta"] if path.is_file() else {}
 
 
 def save_records(path: Path, records: list[dict], meta: dict) -> None:
@@ -440,15 +449,20 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    meta = {"data": args.data, "minutes": args.minutes, "num_samples": args.num_samples, "machine": machine()}
+    meta = {**load_meta(args.out / "curves.json")}  # the extractor of points scored in an earlier sitting
+    meta.update(data=args.data, minutes=args.minutes, num_samples=args.num_samples, machine=machine())
     all_runs = runs(args)
     records = load_records(args.out / "curves.json")
     budgets: dict[str, dict] = {}
     scorer = Scorer.build(args, scoring_overrides(args.num_samples, args.extractor))  # a bad setting fails here
     for run in all_runs:
+        if args.tables_only:
+            if trained(args, run) is not None:
+                budgets[run.key] = trained(args, run)
+            continue
         budgets[run.key] = train(args, run, records)
         score_run(scorer, args, run, budgets[run.key], records, meta)
-    if args.inception_weights:
+    if args.inception_weights and not args.tables_only:
         meta["inception"] = inception_scores(args, all_runs, budgets)
     save_records(args.out / "curves.json", records, meta)
     text = table(records, meta)

@@ -331,6 +331,22 @@ def test_the_config_lists_the_samplers_and_defaults_to_the_module() -> None:
     assert (config["sampler"], config["sample_steps"]) == (model.sampler, model.sample_steps)
 
 
+def test_a_checkpoint_from_before_the_recipe_settings_loads_as_it_was_trained(tmp_path: Path) -> None:
+    model = DiffusionModule(**TINY)  # the module's defaults: eps, the plain loss, a stride-1 stem
+    new = ("prediction", "loss_weighting", "min_snr_gamma", "stem_stride")
+    old = {key: value for key, value in model.hparams.items() if key not in new}
+    path = tmp_path / "old.ckpt"
+    checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": old, "pytorch-lightning_version": L.__version__}
+    torch.save({**checkpoint, CLASS_KEY: "genlab.models.diffusion.DiffusionModule"}, path)
+    loaded = load_model(path)  # strict: a stride-2 stem's weights would not fit
+    assert (loaded.hparams.prediction, loaded.hparams.stem_stride) == ("eps", 1)
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    assert torch.equal(loaded.sample(2, generator=g()), model.eval().sample(2, generator=g()))
+    config = OmegaConf.load(CONFIG)  # while the config trains new models with the recipe
+    recipe = [config[k] for k in ("prediction", "loss_weighting", "stem_stride", "schedule")]
+    assert recipe == ["v", "min_snr", 2, "cosine"]
+
+
 def test_a_checkpoint_without_a_sampler_loads_with_the_default(tmp_path: Path) -> None:
     model = DiffusionModule(**TINY)
     old = {key: value for key, value in model.hparams.items() if key != "sampler"}  # saved before the sampler
