@@ -8,9 +8,10 @@ Metric math: FID + KID + precision/recall through torch-fidelity's functions and
 prdc, against genlab.metrics, on the same random 2048-d features (real N(0, 1), fake N(0.01, 1.02^2): some of
 the fake samples inside the real k-NN balls and some outside, so the hit counts say something), interleaved
 (min of --repeats rounds). genlab also with the real side kept as an evaluator keeps it between evaluations
-(FID's reference statistics and covariance square root, KID's real-real kernel sums, the k-NN radii), and the
+(FID's reference statistics and covariance factor, KID's real-real kernel sums, the k-NN radii), and the
 P&R and D&C hit counts of all three, which must be identical; P&R and D&C also with every distance in float64
-(`dtype=torch.float64`, the arithmetic before float32 with exact rechecks). End to end
+(`dtype=torch.float64`, the arithmetic before float32 with exact rechecks), and P&R with D&C from one pass
+(`knn_metrics`), as an evaluation computes them. End to end
 (needs InceptionV3 weights; a random-weights file is made when --weights is not given, which times the same
 work): torch-fidelity's `calculate_metrics` (IS + FID + KID + P&R from uint8 images) against genlab (features
 extracted once, every metric from them) at each extraction precision. Prints each time and the ratio reference / genlab.

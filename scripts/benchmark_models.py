@@ -71,7 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--inception-samples", type=int, default=10000)
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "benchmark")
     parser.add_argument("--docs", type=Path, help="also copy curves.md, curves.png and the grids into this folder")
-    parser.add_argument("--extra", nargs="*", default=[], help="more Hydra overrides for every training run")
+    more = "more Hydra overrides for every training run (the data. ones for scoring too)"
+    parser.add_argument("--extra", nargs="*", default=[], help=more)
     parser.add_argument(
         "--tables-only",
         action="store_true",
@@ -196,7 +197,8 @@ class Scorer:
 
         GlobalHydra.instance().clear()
         settings = [f"data={args.data}", "eval.progress=false", "eval.metrics=default", f"paths.root_dir={ROOT}"]
-        settings += [f"paths.output_dir={args.out / 'eval'}", *overrides]
+        data = [o for o in args.extra if o.lstrip("+~").startswith("data.")]  # scored against the data it trained on
+        settings += [f"paths.output_dir={args.out / 'eval'}", *data, *overrides]
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             cfg = compose(config_name="evaluate", overrides=settings)
         node = OmegaConf.to_container(cfg.eval, resolve=True)

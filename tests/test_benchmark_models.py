@@ -182,9 +182,14 @@ def test_a_second_run_trains_and_scores_only_what_is_missing(tmp_path: Path, mon
 
 @pytest.mark.slow
 def test_a_tiny_benchmark_end_to_end(tmp_path: Path) -> None:
-    """Real training runs (subprocesses) with a 2-point budget, scored in process; about a minute."""
+    """Real training runs (subprocesses) with a 2-point budget, scored in process, with an InceptionV3 column
+    from random weights (the same code path as the real ones); about a minute."""
+    from genlab.features.inception import random_inception_weights
+
+    weights = random_inception_weights(tmp_path)
     argv = ["--models", "gmm", "--seeds", "0", "1", "--minutes", "0.05", "--points", "2", "--long-minutes", "0.05"]
     argv += ["--long-model", "gmm", "--long-points", "2", "--data", "synthetic", "--num-samples", "64"]
+    argv += ["--inception-weights", weights, "--inception-samples", "16", "--extra", "data.num_samples=160"]
     benchmark.main([*argv, "--out", str(tmp_path / "out"), "--docs", str(tmp_path / "docs")])
     found = json.loads((tmp_path / "out" / "curves.json").read_text())
     rows = [(r["seed"], r["run"], r["point"]) for r in found["points"]]
@@ -192,5 +197,6 @@ def test_a_tiny_benchmark_end_to_end(tmp_path: Path) -> None:
     assert all(r["train_seconds"] > 0 and r["images"] > 0 and "fid" in r["metrics"] for r in found["points"])
     text = (tmp_path / "docs" / "curves.md").read_text()
     assert re.search(r"\| gmm \| [\d.]+ ± [\d.]+ \| [\d.]+ ± [\d.]+ \|", text)  # two seeds: mean ± std
+    assert len(found["meta"]["inception"]["gmm"]) == 2 and "InceptionV3 FID | published" in text
     for name in ("curves.png", "gmm.png", "gmm-strip.png"):
         assert (tmp_path / "docs" / name).read_bytes()[:8] == PNG

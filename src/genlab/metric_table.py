@@ -112,7 +112,7 @@ class Metric:
             raise ValueError(f"metric {self.name!r} needs {sorted(unknown)}; known needs: {list(NEEDS)}")
 
 
-# The real side's share of each metric (FID's statistics and covariance square root, the k-NN radii, KID's real-real
+# The real side's share of each metric (FID's statistics and covariance factor, the k-NN radii, KID's real-real
 # kernel sums) depends on the real features alone: computed once per real side through `Inputs.memo`.
 
 

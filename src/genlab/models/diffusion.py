@@ -3,8 +3,13 @@
 Ho et al. 2020, "Denoising Diffusion Probabilistic Models" (https://arxiv.org/abs/2006.11239): the network
 eps_theta(x_t, t) predicts the noise in x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, trained with the simple loss
     loss = E_{x_0, t ~ U{0..T-1}, eps ~ N(0, I)} || eps - eps_theta(x_t, t) ||^2        (eq. 14, mean over pixels)
-Sampling solves the diffusion ODE from x_T ~ N(0, I) in `sample_steps` network calls: by default with DPM-Solver++(2M)
-(Lu et al. 2022, https://arxiv.org/abs/2211.01095), second order, or with DDIM (Song et al. 2021,
+or, with `prediction=v`, the network predicts v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0 (Salimans & Ho 2022,
+https://arxiv.org/abs/2202.00512) and the loss is on v; `loss_weighting=min_snr` weights each timestep by
+min(SNR_t, gamma) / SNR_t (/ (SNR_t + 1) for v; Hang et al. 2023, https://arxiv.org/abs/2303.09556). The config's
+recipe (v, cosine schedule, Min-SNR-5, a stride-2 stem) learns digits within CPU minutes:
+docs/benchmark/diffusion-recipe.md.
+Sampling solves the diffusion ODE from x_T ~ N(0, I) in `sample_steps` network calls: by default with
+DPM-Solver++(2M) (Lu et al. 2022, https://arxiv.org/abs/2211.01095), second order, or with DDIM (Song et al. 2021,
 https://arxiv.org/abs/2010.02502), first order at eta = 0; DDIM with eta = 1 on all timesteps is DDPM's ancestral
 sampler. Conditional models (num_classes > 0) drop the label with probability `cond_drop_prob` in training and sample
 with classifier-free guidance (Ho & Salimans 2022, https://arxiv.org/abs/2207.12598). The noise schedule and the
@@ -132,8 +137,10 @@ class UNet(nn.Module):
 
 
 class DiffusionModule(GenerativeModule):
-    """DDPM training with epsilon prediction, DPM-Solver++ or DDIM sampling, EMA weights and optional classifier-free
-    guidance.
+    """DDPM training with epsilon or v prediction, DPM-Solver++ or DDIM sampling, EMA weights and optional
+    classifier-free guidance. The constructor's defaults are the former recipe (eps, the plain loss, a stride-1 stem),
+    so that checkpoints saved before those settings existed load as they were trained; configs/model/diffusion.yaml
+    sets the current one.
 
     Args:
         image_channels: channels of the images (1 grey, 3 colour).
