@@ -254,6 +254,11 @@ print(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "lightning",
 PASSES_ON = {"genlab.callbacks.GenerativeEval": "genlab.evaluator.Evaluator"}  # its **evaluator: preflight's too
 DELIBERATE = {  # (file, key): why the YAML differs from the Python default on purpose
     ("eval/default.yaml", "precision"): "the per-epoch callback extracts in TF32 for speed; evaluate.py keeps fp32",
+    **{
+        ("model/diffusion.yaml", key): "the config trains with the current recipe (docs/benchmark/diffusion-recipe"
+        ".md); DiffusionModule keeps the former one, so that a checkpoint saved before these settings loads as trained"
+        for key in ("channels", "schedule", "prediction", "loss_weighting", "stem_stride")
+    },
 }
 
 
