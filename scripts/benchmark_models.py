@@ -459,8 +459,8 @@ def main(argv: list[str] | None = None) -> None:
     scorer = Scorer.build(args, scoring_overrides(args.num_samples, args.extractor))  # a bad setting fails here
     for run in all_runs:
         if args.tables_only:
-            if trained(args, run) is not None:
-                budgets[run.key] = trained(args, run)
+            if (found := trained(args, run)) is not None:
+                budgets[run.key] = found
             continue
         budgets[run.key] = train(args, run, records)
         score_run(scorer, args, run, budgets[run.key], records, meta)

@@ -9,6 +9,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from conftest import quiet_trainer
 
 from genlab.callbacks import TrainingBudget, budget
 from genlab.checks import ConfigError
@@ -36,17 +37,12 @@ def fit(tmp_path: Path, monkeypatch, callback: TrainingBudget, max_epochs: int =
     monkeypatch.setattr(budget, "clock", lambda: ticks.now)
     L.seed_everything(0)
     model = AEModule(**TINY_AE)
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
+        tmp_path,
         max_epochs=max_epochs,
         limit_train_batches=4,
         limit_val_batches=1,
         num_sanity_val_steps=1,
-        default_root_dir=tmp_path,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         callbacks=[ticks, callback],
     )
     trainer.fit(model, datamodule=SyntheticDataModule(num_samples=128, image_size=16, batch_size=16))

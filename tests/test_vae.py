@@ -8,6 +8,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from conftest import quiet_trainer
 
 from genlab.data import SyntheticDataModule
 from genlab.models import GenerativeModel, VAEModule, load_model
@@ -125,16 +126,7 @@ def test_an_ex_post_density_is_fitted_to_the_posterior_means_and_sampled_unless_
 ) -> None:
     L.seed_everything(0)
     model = VAEModule(**TINY, latent_density="gaussian")
-    trainer = L.Trainer(
-        max_epochs=1,
-        limit_train_batches=3,
-        limit_val_batches=1,
-        default_root_dir=tmp_path,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=3, limit_val_batches=1)
     data = SyntheticDataModule(num_samples=64, image_size=16, batch_size=16)
     trainer.fit(model, datamodule=data)
     assert model.density_means.abs().sum() > 0  # fitted, no longer N(0, I)
