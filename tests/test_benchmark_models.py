@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -181,11 +182,24 @@ def test_a_second_run_trains_and_scores_only_what_is_missing(tmp_path: Path, mon
 
 
 @pytest.mark.slow
-def test_a_tiny_benchmark_end_to_end(tmp_path: Path) -> None:
-    """Real training runs (subprocesses) with a 2-point budget, scored in process, with an InceptionV3 column
-    from random weights (the same code path as the real ones); about a minute."""
+def test_a_tiny_benchmark_end_to_end(tmp_path: Path, monkeypatch) -> None:
+    """One real training run (a subprocess) with a 2-point budget; the second seed and the long run are copies of
+    its checkpoints (each run of train.py costs about 10 s here, mostly imports). Every checkpoint is scored in
+    process, with an InceptionV3 column from random weights (the same code path as the real ones)."""
     from genlab.features.inception import random_inception_weights
 
+    real_run, copied = benchmark.subprocess.run, []
+
+    def train_once(command: list[str], **kwargs) -> object:
+        folder = Path(next((c for c in command if c.startswith("hydra.run.dir=")), "=").split("=", 1)[1])
+        first = tmp_path / "out" / "runs" / "gmm-seed0"
+        if folder in (first, Path()):  # the first training run, or not a training run
+            return real_run(command, **kwargs)
+        shutil.copytree(first / "checkpoints", folder / "checkpoints")
+        copied.append(folder.name)
+        return type("Done", (), {"returncode": 0})()
+
+    monkeypatch.setattr(benchmark.subprocess, "run", train_once)
     weights = random_inception_weights(tmp_path)
     argv = ["--models", "gmm", "--seeds", "0", "1", "--minutes", "0.05", "--points", "2", "--long-minutes", "0.05"]
     argv += ["--long-model", "gmm", "--long-points", "2", "--data", "synthetic", "--num-samples", "64"]
@@ -197,6 +211,7 @@ def test_a_tiny_benchmark_end_to_end(tmp_path: Path) -> None:
     assert all(r["train_seconds"] > 0 and r["images"] > 0 and "fid" in r["metrics"] for r in found["points"])
     text = (tmp_path / "docs" / "curves.md").read_text()
     assert re.search(r"\| gmm \| [\d.]+ ± [\d.]+ \| [\d.]+ ± [\d.]+ \|", text)  # two seeds: mean ± std
+    assert copied == ["gmm-seed1", "gmm-seed0-long"]
     assert len(found["meta"]["inception"]["gmm"]) == 2 and "InceptionV3 FID | published" in text
     for name in ("curves.png", "gmm.png", "gmm-strip.png"):
         assert (tmp_path / "docs" / name).read_bytes()[:8] == PNG
