@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +20,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from genlab.train import CONFIG_DIR
+
+ROOT = Path(__file__).resolve().parents[1]
 
 FAST = [
     "data=synthetic",
@@ -94,6 +98,57 @@ def train_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
     """compose(run_name, *overrides) -> config whose run folder is tmp_path / run_name."""
     yield lambda name="run", *overrides: compose_train(tmp_path / name, *overrides)
     GlobalHydra.instance().clear()
+
+
+class Started:
+    """A command started now and waited for on first use, its output in temporary files (a full pipe would stall
+    it). Independent `python train.py` runs of a module start together: each spends most of its 8 s importing,
+    one core's work, so two of them take little longer than one on a 2-core machine."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None, timeout: float = 300) -> None:
+        self.out, self.err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")  # noqa: SIM115 (as long as the run)
+        env = {**os.environ, "HYDRA_FULL_ERROR": "0", **(env or {})}
+        self.process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=self.out, stderr=self.err, text=True)
+        self.timeout, self.done = timeout, None
+
+    def result(self) -> subprocess.CompletedProcess:
+        """Its exit code and output once it has ended (killed, and the test failed, if it outlives the timeout)."""
+        if self.done is None:
+            try:
+                self.process.wait(timeout=self.timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                pytest.fail(f"{' '.join(self.process.args[1:3])} did not end within {self.timeout} s: {self.read()[1]}")
+            self.done = subprocess.CompletedProcess(self.process.args, self.process.returncode, *self.read())
+        return self.done
+
+    def read(self) -> tuple[str, str]:
+        self.out.seek(0), self.err.seek(0)
+        return self.out.read(), self.err.read()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def train_py(root: Path, *overrides: str, env: dict[str, str] | None = None) -> Started:
+    """`python train.py *overrides` writing under `root` (paths.root_dir), started."""
+    return Started([sys.executable, "train.py", *overrides, f"paths.root_dir={root}"], env)
+
+
+# Two settings of classes' signatures that the YAML does not list (Trainer.gradient_clip_val, a data module base
+# class's root): set without a +.
+UNLISTED = ["trainer.gradient_clip_val=1.0", "data.root={root}"]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Started, Path]:
+    """One tiny VAE run of `python train.py` with the UNLISTED settings, shared by the tests that read a finished
+    run, and its paths.root_dir."""
+    root = tmp_path_factory.mktemp("tiny-run")
+    return train_py(root, *FAST, *TINY_MODELS["vae"], *(o.format(root=root) for o in UNLISTED)), root
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import FAST, TINY_MODELS
+from conftest import FAST, TINY_MODELS, Started, train_py
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,11 +25,21 @@ def run_train(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.fixture(scope="module")
+def runs(tiny_run: tuple[Started, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Started, Path]]:
+    """The module's successful runs, started together: the shared tiny run and a two-process DDP one."""
+    root = tmp_path_factory.mktemp("ddp")
+    ddp = train_py(root, *FAST, *TINY_MODELS["vae"], "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2")
+    yield {"tiny": tiny_run, "ddp": (ddp, root)}
+    ddp.stop()
+
+
 @pytest.mark.slow
-def test_train_py_writes_a_run_folder(tmp_path: Path) -> None:
-    result = run_train(tmp_path, *FAST, *TINY_MODELS["vae"])
+def test_train_py_writes_a_run_folder(runs: dict[str, tuple[Started, Path]]) -> None:
+    started, root = runs["tiny"]
+    result = started.result()
     assert result.returncode == 0, result.stderr[-3000:]
-    (run,) = (tmp_path / "outputs" / "runs").glob("*/*_vae_synthetic")
+    (run,) = (root / "outputs" / "runs").glob("*/*_vae_synthetic")
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert (run / "samples" / "epoch_000.png").is_file()
     assert (run / ".hydra" / "config.yaml").is_file() and (run / "train.log").is_file()
@@ -58,11 +68,10 @@ def test_bad_hyperparameter_message_reaches_the_user(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_ddp_on_two_cpu_processes(tmp_path: Path) -> None:
-    result = run_train(
-        tmp_path, *FAST, *TINY_MODELS["vae"], "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"
-    )
+def test_ddp_on_two_cpu_processes(runs: dict[str, tuple[Started, Path]]) -> None:
+    started, root = runs["ddp"]
+    result = started.result()
     assert result.returncode == 0, result.stderr[-3000:]
-    (run,) = (tmp_path / "outputs" / "runs").glob("*/*_vae_synthetic")
+    (run,) = (root / "outputs" / "runs").glob("*/*_vae_synthetic")
     assert (run / "train_ddp_process_1.log").is_file()  # the second rank ran in the same run folder
     assert (run / "checkpoints" / "last.ckpt").is_file()

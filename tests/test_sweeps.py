@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import FAST, TINY_MODELS
+from conftest import FAST, TINY_MODELS, Started, train_py
 from omegaconf import OmegaConf
-from test_cli import run_train
 
 from genlab.train import check_plugins, missing_plugins, optimized_value, sweep_job_device
 
@@ -62,18 +61,34 @@ def test_a_search_without_its_metric_says_what_was_logged() -> None:
     assert optimized_value(OmegaConf.create({"optimized_metric": None}), {}) is None
 
 
+EVALUATION = ["eval=default", "eval/extractor=random", "eval.num_samples=32", "eval.batch_size=16"]
+EVALUATION += ["eval.kid_subsets=5", "eval.kid_subset_size=16", "eval.progress=false"]
+
+
+@pytest.fixture(scope="module")
+def sweeps(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Started, Path]]:
+    """The three sweeps of this module, started together; each one's process and sweep folder."""
+    folders = {name: tmp_path_factory.mktemp(name) for name in ("joblib", "submitit", "optuna")}
+    joblib = ["-m", *TINY, "seed=1,2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+    submitit = ["-m", *TINY, "seed=3", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"]
+    submitit += ["hydra.launcher.gpus_per_node=0"]
+    optuna = ["hparams_search=optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.n_startup_trials=2"]
+    optuna += [o for o in TINY if not o.startswith(("eval=", "model.latent_dim"))]  # latent_dim is searched
+    optuna += [*EVALUATION, f"eval.cache_dir={folders['optuna'] / 'cache'}"]
+    overrides = {"joblib": joblib, "submitit": submitit, "optuna": optuna}
+    started = {
+        name: (train_py(root, *overrides[name], f"hydra.sweep.dir={root / 'sweep'}"), root / "sweep")
+        for name, root in folders.items()
+    }
+    yield started
+    for process, _ in started.values():
+        process.stop()
+
+
 @pytest.mark.slow
-def test_multirun_with_joblib_runs_jobs_in_parallel_processes(tmp_path: Path) -> None:
-    sweep = tmp_path / "sweep"
-    result = run_train(
-        tmp_path,
-        "-m",
-        *TINY,
-        "seed=1,2",
-        "hydra/launcher=joblib",
-        "hydra.launcher.n_jobs=2",
-        f"hydra.sweep.dir={sweep}",
-    )
+def test_multirun_with_joblib_runs_jobs_in_parallel_processes(sweeps: dict[str, tuple[Started, Path]]) -> None:
+    started, sweep = sweeps["joblib"]
+    result = started.result()
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = statuses(sweep)
     assert list(jobs) == ["0", "1"] and all(job["status"] == "completed" for job in jobs.values())
@@ -84,31 +99,18 @@ def test_multirun_with_joblib_runs_jobs_in_parallel_processes(tmp_path: Path) ->
 
 
 @pytest.mark.slow
-def test_multirun_with_submitit_local_runs_each_job_as_a_submitit_job(tmp_path: Path) -> None:
-    sweep = tmp_path / "sweep"
-    launcher = ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "hydra.launcher.gpus_per_node=0"]
-    result = run_train(tmp_path, "-m", *TINY, "seed=3", *launcher, f"hydra.sweep.dir={sweep}")
+def test_multirun_with_submitit_local_runs_each_job_as_a_submitit_job(sweeps: dict[str, tuple[Started, Path]]) -> None:
+    started, sweep = sweeps["submitit"]
+    result = started.result()
     assert result.returncode == 0, result.stderr[-3000:]
     assert statuses(sweep)["0"]["status"] == "completed"
     assert list((sweep / ".submitit").glob("*/*_result.pkl"))  # submitit ran it and stored its result
 
 
 @pytest.mark.slow
-def test_optuna_search_minimises_eval_fid(tmp_path: Path) -> None:
-    sweep = tmp_path / "search"
-    evaluation = ["eval=default", "eval/extractor=random", "eval.num_samples=32", "eval.batch_size=16"]
-    evaluation += ["eval.kid_subsets=5", "eval.kid_subset_size=16", "eval.progress=false"]
-    overrides = [o for o in TINY if not o.startswith(("eval=", "model.latent_dim"))]  # latent_dim is searched
-    result = run_train(
-        tmp_path,
-        "hparams_search=optuna",
-        "hydra.sweeper.n_trials=2",
-        "hydra.sweeper.sampler.n_startup_trials=2",
-        *overrides,
-        *evaluation,
-        f"eval.cache_dir={tmp_path / 'cache'}",
-        f"hydra.sweep.dir={sweep}",
-    )
+def test_optuna_search_minimises_eval_fid(sweeps: dict[str, tuple[Started, Path]]) -> None:
+    started, sweep = sweeps["optuna"]
+    result = started.result()
     assert result.returncode == 0, result.stderr[-3000:]
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     fids = [job["metrics"]["eval/fid"] for job in statuses(sweep).values()]
