@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAST, TINY_MODELS
+from conftest import FAST, TINY_MODELS, compose_train
+from hydra.core.global_hydra import GlobalHydra
 
 from genlab.callbacks import DivergedError
 from genlab.train import train
@@ -53,6 +54,7 @@ def command(root: Path, *overrides: str) -> list[str]:
 
 def start(args: list[str]) -> subprocess.Popen:
     env = {**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONPATH": os.pathsep.join([str(TESTS), str(ROOT / "src")])}
+    env["OMP_NUM_THREADS"] = "2"  # the threads of train_here's runs: equal weights need the same reductions
     return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -84,29 +86,30 @@ def tree(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def train_here(folder: Path, *overrides: str) -> Path:
+    """The run of command(root, *overrides) trained in this process into `folder`: the reference runs that are
+    never interrupted need no process of their own (a `train.py` process costs some 9 s of imports), and they
+    train while the tested run's process imports."""
+    torch.set_num_threads(2)  # as in the tests' processes (module fixtures run before conftest's autouse one)
+    train(compose_train(folder, *overrides))
+    GlobalHydra.instance().clear()
+    return folder
+
+
 class Uninterrupted:
-    """The MID_EPOCH run from start to end, started at once (in parallel with the test that compares against it)
-    and waited for on first use."""
+    """The MID_EPOCH run from start to end, trained on first use."""
 
     def __init__(self, root: Path) -> None:
-        self.root, self.process = root, start(command(root, *MID_EPOCH))
-        self.result: tuple[int, str, str] | None = None
+        self.root, self.trained = root, None
 
     def folder(self) -> Path:
-        if self.result is None:
-            self.result = finish(self.process)
-        code, _, stderr = self.result
-        assert code == 0, stderr[-3000:]
-        return run_folder(self.root)
+        self.trained = self.trained or train_here(self.root / "run", *MID_EPOCH)
+        return self.trained
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Uninterrupted:
-    whole = Uninterrupted(tmp_path_factory.mktemp("whole"))
-    yield whole
-    if whole.process.poll() is None:
-        whole.process.kill()
-        whole.process.wait()
+    return Uninterrupted(tmp_path_factory.mktemp("whole"))
 
 
 @pytest.mark.slow
@@ -114,7 +117,9 @@ def test_sigkill_mid_epoch_resumes_to_the_weights_of_an_uninterrupted_run(
     uninterrupted: Uninterrupted, tmp_path: Path
 ) -> None:
     killer = ["+callbacks.killer._target_=conftest.KillAt", "+callbacks.killer.step=7"]
-    code, _, stderr = run(command(tmp_path, *MID_EPOCH, *killer))
+    killed = start(command(tmp_path, *MID_EPOCH, *killer))
+    uninterrupted.folder()  # while that run imports
+    code, _, stderr = finish(killed)
     assert code == -signal.SIGKILL, stderr[-3000:]
     folder = run_folder(tmp_path)
     saved = load(folder / "checkpoints" / "last.ckpt")
@@ -150,12 +155,14 @@ def wait_for(marker: Path, process: subprocess.Popen, timeout: float = 120) -> N
         time.sleep(0.05)
 
 
-def interrupt_evaluation(root: Path, signum: int, *overrides: str) -> tuple[Path, dict]:
-    """Send `signum` to a run while its evaluation samples; its run folder and status.json once it has stopped,
-    which must be within seconds (20 s allows a loaded 2-core machine), with exit code 128 + the signal's number."""
+def interrupt_evaluation(root: Path, signum: int, *overrides: str, meanwhile=lambda: None) -> tuple[Path, dict]:
+    """Send `signum` to a run while its evaluation samples (`meanwhile()` is called after it starts); its run
+    folder and status.json once it has stopped, which must be within seconds (20 s allows a loaded 2-core
+    machine), with exit code 128 + the signal's number."""
     marker = root.parent / "sampling"
     stall = ["+callbacks.stall._target_=conftest.StallEvalSampling", f"+callbacks.stall.marker={marker}"]
     process = start(command(root, *EVAL, *stall, *overrides))
+    meanwhile()
     wait_for(marker, process)
     sent = time.monotonic()
     process.send_signal(signum)
@@ -191,13 +198,15 @@ def test_sigterm_during_evaluation_stops_the_run_within_seconds_and_its_command_
 def test_ctrl_c_during_evaluation_stops_the_run_and_it_resumes_to_the_uninterrupted_weights(tmp_path: Path) -> None:
     """Stopped by Ctrl-C in epoch 0's evaluation (within seconds), resumed for epoch 1: the validation runs again
     from the generators' state at its start, so epoch 1 trains exactly as in a run that never stopped."""
-    whole = start(command(tmp_path / "whole", *EVAL, "trainer.max_epochs=2"))  # alongside, in parallel
-    folder, status = interrupt_evaluation(tmp_path / "stopped", signal.SIGINT, "trainer.max_epochs=2")
+    whole = tmp_path / "whole" / "run"
+    overrides = [*EVAL, "trainer.max_epochs=2"]
+    folder, status = interrupt_evaluation(
+        tmp_path / "stopped", signal.SIGINT, "trainer.max_epochs=2", meanwhile=lambda: train_here(whole, *overrides)
+    )
     code, _, stderr = run([sys.executable, *shlex.split(status["resume"])[1:]])
     assert code == 0, stderr[-3000:]
-    assert finish(whole)[0] == 0
     resumed = load(folder / "checkpoints" / "last.ckpt")
-    uninterrupted = load(run_folder(tmp_path / "whole") / "checkpoints" / "last.ckpt")
+    uninterrupted = load(whole / "checkpoints" / "last.ckpt")
     assert resumed["global_step"] == uninterrupted["global_step"] and resumed["epoch"] == 1
     differ = [k for k, v in uninterrupted["state_dict"].items() if not torch.equal(v, resumed["state_dict"][k])]
     assert not differ, f"{len(differ)} tensors differ, e.g. {differ[:3]}"
