@@ -14,15 +14,17 @@ import logging
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAST, TINY_MODELS, compose_train
+from conftest import FAST, TINY_MODELS, Started, compose_train
 from hydra.core.global_hydra import GlobalHydra
 
 from genlab.callbacks import DivergedError
@@ -52,25 +54,10 @@ def command(root: Path, *overrides: str) -> list[str]:
     return [sys.executable, "train.py", *FAST, *TINY_MODELS["vae"], *overrides, f"paths.root_dir={root}"]
 
 
-def start(args: list[str]) -> subprocess.Popen:
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONPATH": os.pathsep.join([str(TESTS), str(ROOT / "src")])}
+def start(args: list[str]) -> Started:
+    env = {"PYTHONPATH": os.pathsep.join([str(TESTS), str(ROOT / "src")])}
     env["OMP_NUM_THREADS"] = "2"  # the threads of train_here's runs: equal weights need the same reductions
-    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def finish(process: subprocess.Popen, timeout: float = 120) -> tuple[int, str, str]:
-    """Exit code, stdout and stderr of a started run (killed if it outlives `timeout`)."""
-    try:
-        stdout, stderr = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        _, stderr = process.communicate()
-        pytest.fail(f"the run did not end within {timeout} s: {stderr[-3000:]}")
-    return process.returncode, stdout, stderr
-
-
-def run(args: list[str]) -> tuple[int, str, str]:
-    return finish(start(args))
+    return Started(args, env, timeout=120)
 
 
 def run_folder(root: Path) -> Path:
@@ -88,54 +75,131 @@ def tree(folder: Path) -> dict[str, bytes]:
 
 def train_here(folder: Path, *overrides: str) -> Path:
     """The run of command(root, *overrides) trained in this process into `folder`: the reference runs that are
-    never interrupted need no process of their own (a `train.py` process costs some 9 s of imports), and they
-    train while the tested run's process imports."""
+    never interrupted need no process of their own (a `train.py` process costs some 9 s of imports)."""
     torch.set_num_threads(2)  # as in the tests' processes (module fixtures run before conftest's autouse one)
     train(compose_train(folder, *overrides))
     GlobalHydra.instance().clear()
     return folder
 
 
-class Uninterrupted:
-    """The MID_EPOCH run from start to end, trained on first use."""
+@dataclass
+class Stopped:
+    """A run ended early, by a SIGKILL of its own (`signum` None) or by `signum` sent while its evaluation sampled
+    (`took`: seconds from the signal to the exit); `at_stop`, a copy of its run folder then (the resume writes
+    over it); and the run resumed from it."""
 
-    def __init__(self, root: Path) -> None:
-        self.root, self.trained = root, None
+    root: Path
+    first: Started
+    signum: int | None = None
+    took: float | None = None
+    at_stop: Path | None = None
+    resumed: Started | None = None
 
-    def folder(self) -> Path:
-        self.trained = self.trained or train_here(self.root / "run", *MID_EPOCH)
-        return self.trained
+    @property
+    def marker(self) -> Path:
+        return self.root.parent / "sampling"  # written by conftest.StallEvalSampling
+
+    def resume(self, args: list[str]) -> None:
+        """Keep a copy of the stopped run's folder, then start `args`, the command that resumes it."""
+        folders = list((self.root / "outputs" / "runs").glob("*/*_vae_synthetic"))
+        if len(folders) == 1:
+            self.at_stop = shutil.copytree(folders[0], self.root.parent / "at-stop")
+            self.resumed = start(args)
+
+
+def stalled(root: Path, signum: int, *overrides: str) -> Stopped:
+    """A run whose evaluation stalls once it samples (the stall never ends: without the signal, never)."""
+    marker = root.parent / "sampling"  # Stopped.marker
+    stall = ["+callbacks.stall._target_=conftest.StallEvalSampling", f"+callbacks.stall.marker={marker}"]
+    return Stopped(root, start(command(root, *EVAL, *stall, *overrides)), signum)
+
+
+def signal_when_sampling(runs: list[Stopped], timeout: float = 120) -> None:
+    """Send each run its signal as soon as its evaluation samples, and time it until it has exited. A run that
+    ends before it samples, or outlives the timeout, keeps `took` None (its test says so; the module kills it)."""
+    deadline, sent, done = time.monotonic() + timeout, {}, set()
+    while len(done) < len(runs) and time.monotonic() < deadline:
+        for i, run in enumerate(runs):
+            if i in done:
+                continue
+            if run.first.process.poll() is not None:
+                run.took = time.monotonic() - sent[i] if i in sent else None
+                done.add(i)
+            elif i not in sent and run.marker.exists():
+                run.first.process.send_signal(run.signum)
+                sent[i] = time.monotonic()
+        time.sleep(0.05)
+
+
+@dataclass
+class Runs:
+    """The runs of this module's subprocess tests. The three that are stopped start together and are resumed
+    together, and the two references train in this process meanwhile (each process spends most of its time
+    importing, one core's work):
+    - `killed`: the MID_EPOCH run, SIGKILLed at step 7, then resumed; `whole`: its reference, start to end;
+    - `sigint`: two epochs with an evaluation each, stopped by Ctrl-C in epoch 0's evaluation, then resumed;
+      `evaluated`: its reference;
+    - `sigterm`: one epoch under a root with spaces (the resume command must survive the shell), stopped by
+      SIGTERM in its evaluation, then resumed with the command it printed."""
+
+    killed: Stopped
+    sigint: Stopped
+    sigterm: Stopped
+    whole: Path
+    evaluated: Path
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Uninterrupted:
-    return Uninterrupted(tmp_path_factory.mktemp("whole"))
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
+    folder = tmp_path_factory.mktemp
+    killer = ["+callbacks.killer._target_=conftest.KillAt", "+callbacks.killer.step=7"]
+    root = folder("killed") / "root"
+    killed = Stopped(root, start(command(root, *MID_EPOCH, *killer)))
+    sigint = stalled(folder("sigint") / "stopped", signal.SIGINT, "trainer.max_epochs=2")
+    sigterm = stalled(folder("sigterm") / "a root with spaces", signal.SIGTERM)
+    whole = train_here(folder("whole") / "run", *MID_EPOCH)
+    evaluated = train_here(folder("evaluated") / "run", *EVAL, "trainer.max_epochs=2")
+    signal_when_sampling([sigint, sigterm])
+    for stopped in (sigint, sigterm):
+        statuses = [json.loads(p.read_text()) for p in stopped.root.glob("outputs/runs/*/*_vae_synthetic/status.json")]
+        if stopped.took is not None and len(statuses) == 1 and "resume" in statuses[0]:
+            stopped.resume([sys.executable, *shlex.split(statuses[0]["resume"])[1:]])  # the command it printed
+    killed.first.result()
+    folders = list((killed.root / "outputs" / "runs").glob("*/*_vae_synthetic"))
+    if len(folders) == 1:
+        killed.resume(command(killed.root, f"ckpt_path={folders[0]}", *MID_EPOCH))
+    yield Runs(killed, sigint, sigterm, whole, evaluated)
+    for stopped in (killed, sigint, sigterm):
+        for process in (stopped.first, stopped.resumed):
+            if process is not None:
+                process.stop()
+
+
+def succeeded(started: Started | None) -> subprocess.CompletedProcess:
+    assert started is not None, "it was not started: the run before it failed (its test says how)"
+    result = started.result()
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
 
 
 @pytest.mark.slow
-def test_sigkill_mid_epoch_resumes_to_the_weights_of_an_uninterrupted_run(
-    uninterrupted: Uninterrupted, tmp_path: Path
-) -> None:
-    killer = ["+callbacks.killer._target_=conftest.KillAt", "+callbacks.killer.step=7"]
-    killed = start(command(tmp_path, *MID_EPOCH, *killer))
-    uninterrupted.folder()  # while that run imports
-    code, _, stderr = finish(killed)
-    assert code == -signal.SIGKILL, stderr[-3000:]
-    folder = run_folder(tmp_path)
-    saved = load(folder / "checkpoints" / "last.ckpt")
+def test_sigkill_mid_epoch_resumes_to_the_weights_of_an_uninterrupted_run(runs: Runs) -> None:
+    killed = runs.killed
+    result = killed.first.result()
+    assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
+    saved = load(killed.at_stop / "checkpoints" / "last.ckpt")
     assert (saved["epoch"], saved["global_step"]) == (1, 7)  # 2 of epoch 1's 5 steps done
-    assert not (folder / "checkpoints" / "on_exception.ckpt").exists()  # a SIGKILL runs no handler
+    assert not (killed.at_stop / "checkpoints" / "on_exception.ckpt").exists()  # a SIGKILL runs no handler
 
-    code, stdout, stderr = run(command(tmp_path, f"ckpt_path={folder}", *MID_EPOCH))
-    assert code == 0, stderr[-3000:]
-    printed = stdout + stderr
+    printed = succeeded(killed.resumed)
+    printed = printed.stdout + printed.stderr
     assert not [w for w in NOT_RESUMABLE if w in printed], printed[-3000:]
-    assert run_folder(tmp_path) == folder  # it went on in the same folder
+    folder = run_folder(killed.root)  # it went on in the same folder: there is one
     status = json.loads((folder / "status.json").read_text())
     assert status["status"] == "completed" and status["resumed_from"] == str(folder / "checkpoints" / "last.ckpt")
 
     resumed = load(folder / "checkpoints" / "last.ckpt")
-    whole = load(uninterrupted.folder() / "checkpoints" / "last.ckpt")
+    whole = load(runs.whole / "checkpoints" / "last.ckpt")
     assert resumed["global_step"] == whole["global_step"] == 10
     assert resumed["state_dict"].keys() == whole["state_dict"].keys()
     differ = [k for k, v in whole["state_dict"].items() if not torch.equal(v, resumed["state_dict"][k])]
@@ -143,51 +207,30 @@ def test_sigkill_mid_epoch_resumes_to_the_weights_of_an_uninterrupted_run(
     assert not all(torch.equal(v, resumed["state_dict"][k]) for k, v in saved["state_dict"].items())  # it trained
 
 
-def wait_for(marker: Path, process: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not marker.exists():
-        if process.poll() is not None:
-            _, stderr = process.communicate()
-            pytest.fail(f"the run ended ({process.returncode}) before its evaluation sampled: {stderr[-3000:]}")
-        if time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"the evaluation did not start sampling within {timeout} s")
-        time.sleep(0.05)
-
-
-def interrupt_evaluation(root: Path, signum: int, *overrides: str, meanwhile=lambda: None) -> tuple[Path, dict]:
-    """Send `signum` to a run while its evaluation samples (`meanwhile()` is called after it starts); its run
-    folder and status.json once it has stopped, which must be within seconds (20 s allows a loaded 2-core
-    machine), with exit code 128 + the signal's number."""
-    marker = root.parent / "sampling"
-    stall = ["+callbacks.stall._target_=conftest.StallEvalSampling", f"+callbacks.stall.marker={marker}"]
-    process = start(command(root, *EVAL, *stall, *overrides))
-    meanwhile()
-    wait_for(marker, process)
-    sent = time.monotonic()
-    process.send_signal(signum)
-    code, stdout, stderr = finish(process, timeout=30)
-    took = time.monotonic() - sent
-    assert code == 128 + signum, stderr[-3000:]
-    assert took < 20, f"the run took {took:.1f} s to stop"  # the stall never ends: without the signal, never
-    folder = run_folder(root)
-    status = json.loads((folder / "status.json").read_text())
-    assert status["status"] == "interrupted" and status["signal"] == signum
-    assert (folder / "checkpoints" / "on_exception.ckpt").is_file()
-    assert f"resume with: {status['resume']}" in stdout + stderr
-    return folder, status
+def check_stopped(stopped: Stopped) -> tuple[Path, dict]:
+    """A run sent `signum` while its evaluation sampled stopped within seconds (20 s allows a loaded 2-core
+    machine), with exit code 128 + the signal's number, an on_exception.ckpt and the command that resumes it;
+    its run folder and its status.json then."""
+    result = stopped.first.result()
+    assert stopped.marker.exists(), f"the run ended ({result.returncode}) before its evaluation sampled"
+    assert result.returncode == 128 + stopped.signum, result.stderr[-3000:]
+    assert stopped.took is not None and stopped.took < 20, f"the run took {stopped.took} s to stop"
+    status = json.loads((stopped.at_stop / "status.json").read_text())
+    assert status["status"] == "interrupted" and status["signal"] == stopped.signum
+    assert (stopped.at_stop / "checkpoints" / "on_exception.ckpt").is_file()
+    assert f"resume with: {status['resume']}" in result.stdout + result.stderr
+    return run_folder(stopped.root), status
 
 
 @pytest.mark.slow
-def test_sigterm_during_evaluation_stops_the_run_within_seconds_and_its_command_resumes(tmp_path: Path) -> None:
-    root = tmp_path / "a root with spaces"  # the resume command must survive the shell
-    folder, status = interrupt_evaluation(root, signal.SIGTERM)
+def test_sigterm_during_evaluation_stops_the_run_within_seconds_and_its_command_resumes(runs: Runs) -> None:
+    folder, status = check_stopped(runs.sigterm)
     resume = shlex.split(status["resume"])
     assert resume[:2] == ["python", "train.py"] and f"ckpt_path={folder}" in resume
+    assert runs.sigterm.resumed.process.args == [sys.executable, *resume[1:]]  # the command as printed
 
-    code, _, stderr = run([sys.executable, *resume[1:]])
-    assert code == 0, stderr[-3000:]
-    assert run_folder(root) == folder
+    succeeded(runs.sigterm.resumed)
+    assert run_folder(runs.sigterm.root) == folder
     status = json.loads((folder / "status.json").read_text())
     assert status["status"] == "completed" and status["resumed_from"].endswith("on_exception.ckpt")
     assert {"val/loss", "eval/fid"} <= set(status["metrics"])  # the interrupted validation and evaluation ran again
@@ -195,18 +238,13 @@ def test_sigterm_during_evaluation_stops_the_run_within_seconds_and_its_command_
 
 
 @pytest.mark.slow
-def test_ctrl_c_during_evaluation_stops_the_run_and_it_resumes_to_the_uninterrupted_weights(tmp_path: Path) -> None:
+def test_ctrl_c_during_evaluation_stops_the_run_and_it_resumes_to_the_uninterrupted_weights(runs: Runs) -> None:
     """Stopped by Ctrl-C in epoch 0's evaluation (within seconds), resumed for epoch 1: the validation runs again
     from the generators' state at its start, so epoch 1 trains exactly as in a run that never stopped."""
-    whole = tmp_path / "whole" / "run"
-    overrides = [*EVAL, "trainer.max_epochs=2"]
-    folder, status = interrupt_evaluation(
-        tmp_path / "stopped", signal.SIGINT, "trainer.max_epochs=2", meanwhile=lambda: train_here(whole, *overrides)
-    )
-    code, _, stderr = run([sys.executable, *shlex.split(status["resume"])[1:]])
-    assert code == 0, stderr[-3000:]
+    folder, _ = check_stopped(runs.sigint)
+    succeeded(runs.sigint.resumed)
     resumed = load(folder / "checkpoints" / "last.ckpt")
-    uninterrupted = load(whole / "checkpoints" / "last.ckpt")
+    uninterrupted = load(runs.evaluated / "checkpoints" / "last.ckpt")
     assert resumed["global_step"] == uninterrupted["global_step"] and resumed["epoch"] == 1
     differ = [k for k, v in uninterrupted["state_dict"].items() if not torch.equal(v, resumed["state_dict"][k])]
     assert not differ, f"{len(differ)} tensors differ, e.g. {differ[:3]}"
@@ -259,17 +297,18 @@ def test_a_nan_loss_past_the_rollbacks_stops_with_no_nan_checkpoint(overrides, m
 
 
 @pytest.mark.slow
-def test_resuming_a_finished_run_is_one_line_and_touches_nothing(uninterrupted: Uninterrupted) -> None:
-    folder = uninterrupted.folder()
+def test_resuming_a_finished_run_is_one_line_and_touches_nothing(runs: Runs) -> None:
+    folder, root = runs.whole, runs.whole.parent
     before = tree(folder)
-    code, stdout, stderr = run(command(uninterrupted.root, f"ckpt_path={folder}", *MID_EPOCH))
-    assert code == 2, stderr[-3000:]
+    result = start(command(root, f"ckpt_path={folder}", *MID_EPOCH)).result()
+    stdout, stderr = result.stdout, result.stderr
+    assert result.returncode == 2, stderr[-3000:]
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), stderr[-3000:]
     assert re.search(r"already trained its 2 epoch\(s\) \(trainer.max_epochs=2\); to train on, raise it: ", lines[0])
     train_on = shlex.split(lines[0].split("raise it: ", 1)[1])  # the same command line with more epochs
     assert train_on == ["python", "train.py", f"ckpt_path={folder / 'checkpoints' / 'last.ckpt'}"] + [
-        o for o in command(uninterrupted.root, *MID_EPOCH)[2:] if not o.startswith("trainer.max_epochs=")
+        o for o in command(root, *MID_EPOCH)[2:] if not o.startswith("trainer.max_epochs=")
     ] + ["trainer.max_epochs=4"], lines[0]
     assert "Traceback" not in stdout + stderr
     after = tree(folder)
