@@ -203,7 +203,7 @@ def test_a_tiny_benchmark_end_to_end(tmp_path: Path, monkeypatch) -> None:
     weights = random_inception_weights(tmp_path)
     argv = ["--models", "gmm", "--seeds", "0", "1", "--minutes", "0.05", "--points", "2", "--long-minutes", "0.05"]
     argv += ["--long-model", "gmm", "--long-points", "2", "--data", "synthetic", "--num-samples", "64"]
-    argv += ["--inception-weights", weights, "--inception-samples", "16", "--extra", "data.num_samples=160"]
+    argv += ["--inception-weights", weights, "--inception-samples", "8", "--extra", "data.num_samples=160"]
     benchmark.main([*argv, "--out", str(tmp_path / "out"), "--docs", str(tmp_path / "docs")])
     found = json.loads((tmp_path / "out" / "curves.json").read_text())
     rows = [(r["seed"], r["run"], r["point"]) for r in found["points"]]
