@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import lightning as L
@@ -154,6 +155,38 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Started, Path]:
 @pytest.fixture(autouse=True)
 def _small_torch() -> None:
     torch.set_num_threads(2)
+
+
+MEMORY_LIMIT_KIB = 1 << 20  # no test allocates more than 1 GiB (in the test process; its own processes aside)
+
+
+def _memory_kib(field: str) -> int:
+    """VmRSS (resident now) or VmHWM (the peak since the last reset) of this process, in KiB."""
+    with open("/proc/self/status") as f:
+        return int(next(line.split()[1] for line in f if line.startswith(f"{field}:")))
+
+
+@contextlib.contextmanager
+def peak_memory_within(limit_kib: int, what: str) -> Iterator[None]:
+    """Fail `what` if this process's peak resident memory inside the block rises more than `limit_kib` above its
+    size at the start, on Linux (writing 5 to /proc/self/clear_refs resets the peak); elsewhere check nothing."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        yield
+        return
+    start = _memory_kib("VmRSS")
+    yield
+    grew = _memory_kib("VmHWM") - start
+    if grew > limit_kib:
+        pytest.fail(f"{what} took {grew / 2**20:.2f} GiB of memory at its peak (limit: {limit_kib / 2**20:g} GiB)")
+
+
+@pytest.fixture(autouse=True)
+def _memory_limit(request: pytest.FixtureRequest) -> Iterator[None]:
+    with peak_memory_within(MEMORY_LIMIT_KIB, request.node.nodeid):
+        yield
 
 
 class CrashAt:
