@@ -71,7 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--inception-samples", type=int, default=10000)
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "benchmark")
     parser.add_argument("--docs", type=Path, help="also copy curves.md, curves.png and the grids into this folder")
-    more = "more Hydra overrides for every training run (the data. ones for scoring too)"
+    more = "more Hydra overrides: data.* for training and scoring, eval.* for scoring, the rest for training"
     parser.add_argument("--extra", nargs="*", default=[], help=more)
     parser.add_argument(
         "--tables-only",
@@ -134,8 +134,12 @@ def train_overrides(args: argparse.Namespace, run: Run) -> list[str]:
         "trainer.max_epochs=-1",
         *budget,
         *TRAIN_EXTRA.get(run.model, []),
-        *args.extra,
+        *(o for o in args.extra if not is_eval(o)),  # training runs with eval=none
     ]
+
+
+def is_eval(override: str) -> bool:
+    return override.lstrip("+~").startswith("eval.")
 
 
 def budget_file(args: argparse.Namespace, run: Run) -> Path:
@@ -197,7 +201,7 @@ class Scorer:
 
         GlobalHydra.instance().clear()
         settings = [f"data={args.data}", "eval.progress=false", "eval.metrics=default", f"paths.root_dir={ROOT}"]
-        data = [o for o in args.extra if o.lstrip("+~").startswith("data.")]  # scored against the data it trained on
+        data = [o for o in args.extra if o.lstrip("+~").startswith("data.") or is_eval(o)]  # the data it trained on
         settings += [f"paths.output_dir={args.out / 'eval'}", *data, *overrides]
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             cfg = compose(config_name="evaluate", overrides=settings)

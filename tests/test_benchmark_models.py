@@ -24,8 +24,11 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def test_training_overrides_compose_with_train_yaml(tmp_path: Path) -> None:
-    args = benchmark.parse_args(["--models", "vae", "--data", "synthetic", "--minutes", "2.5", "--points", "5"])
+    argv = ["--models", "vae", "--data", "synthetic", "--minutes", "2.5", "--points", "5"]
+    argv += ["--extra", "eval.batch_size=8"]
+    args = benchmark.parse_args(argv)
     overrides = benchmark.train_overrides(args, benchmark.Run("vae", 3, args.minutes, args.points))
+    assert "eval.batch_size=8" not in overrides  # scoring's, not training's (eval=none has no batch size)
     cfg = compose_train(tmp_path / "run", *overrides)
     GlobalHydra.instance().clear()
     assert cfg.model._target_ == "genlab.models.VAEModule" and cfg.model.latent_density == "gmm"  # scored both ways
@@ -204,6 +207,7 @@ def test_a_tiny_benchmark_end_to_end(tmp_path: Path, monkeypatch) -> None:
     argv = ["--models", "gmm", "--seeds", "0", "1", "--minutes", "0.05", "--points", "2", "--long-minutes", "0.05"]
     argv += ["--long-model", "gmm", "--long-points", "2", "--data", "synthetic", "--num-samples", "64"]
     argv += ["--inception-weights", weights, "--inception-samples", "8", "--extra", "data.num_samples=160"]
+    argv += ["eval.batch_size=16"]  # for scoring only: InceptionV3 on the real side at 500 a batch took 2 GiB
     benchmark.main([*argv, "--out", str(tmp_path / "out"), "--docs", str(tmp_path / "docs")])
     found = json.loads((tmp_path / "out" / "curves.json").read_text())
     rows = [(r["seed"], r["run"], r["point"]) for r in found["points"]]
