@@ -134,12 +134,13 @@ def train_overrides(args: argparse.Namespace, run: Run) -> list[str]:
         "trainer.max_epochs=-1",
         *budget,
         *TRAIN_EXTRA.get(run.model, []),
-        *(o for o in args.extra if not is_eval(o)),  # training runs with eval=none
+        *(o for o in args.extra if group(o) != "eval"),  # training runs with eval=none
     ]
 
 
-def is_eval(override: str) -> bool:
-    return override.lstrip("+~").startswith("eval.")
+def group(override: str) -> str:
+    """The config group an override sets: 'data' for data.num_samples=160 or +data.x=1."""
+    return override.lstrip("+~").split(".", 1)[0]
 
 
 def budget_file(args: argparse.Namespace, run: Run) -> Path:
@@ -201,8 +202,8 @@ class Scorer:
 
         GlobalHydra.instance().clear()
         settings = [f"data={args.data}", "eval.progress=false", "eval.metrics=default", f"paths.root_dir={ROOT}"]
-        data = [o for o in args.extra if o.lstrip("+~").startswith("data.") or is_eval(o)]  # the data it trained on
-        settings += [f"paths.output_dir={args.out / 'eval'}", *data, *overrides]
+        scoring = [o for o in args.extra if group(o) in ("data", "eval")]  # data.*: the data it trained on
+        settings += [f"paths.output_dir={args.out / 'eval'}", *scoring, *overrides]
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             cfg = compose(config_name="evaluate", overrides=settings)
         node = OmegaConf.to_container(cfg.eval, resolve=True)

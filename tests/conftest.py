@@ -103,8 +103,8 @@ def train_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
 
 class Started:
     """A command started now and waited for on first use, its output in temporary files (a full pipe would stall
-    it). Independent `python train.py` runs of a module start together: each spends most of its 8 s importing,
-    one core's work, so two of them take little longer than one on a 2-core machine."""
+    it). Independent `python train.py` runs of a module start together, so that one's imports overlap another's
+    work; on 2 cores that saves a few seconds, not half (each process is some 9 CPU seconds of imports)."""
 
     def __init__(self, args: list[str], env: dict[str, str] | None = None, timeout: float = 300) -> None:
         self.out, self.err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")  # noqa: SIM115 (as long as the run)

@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from conftest import FAST, TINY_MODELS, Started, train_py
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def run_train(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run(
-        [sys.executable, "train.py", *overrides, f"paths.root_dir={tmp_path}"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return train_py(tmp_path, *overrides).result()
 
 
 @pytest.fixture(scope="module")

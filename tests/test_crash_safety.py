@@ -134,8 +134,7 @@ def signal_when_sampling(runs: list[Stopped], timeout: float = 120) -> None:
 @dataclass
 class Runs:
     """The runs of this module's subprocess tests. The three that are stopped start together and are resumed
-    together, and the two references train in this process meanwhile (each process spends most of its time
-    importing, one core's work):
+    together, and the two references train in this process while they import (51 s to 32 s on 2 cores):
     - `killed`: the MID_EPOCH run, SIGKILLed at step 7, then resumed; `whole`: its reference, start to end;
     - `sigint`: two epochs with an evaluation each, stopped by Ctrl-C in epoch 0's evaluation, then resumed;
       `evaluated`: its reference;
