@@ -4,7 +4,6 @@ value and the valid ones, exit code 2, no run folder; and a property test that d
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,19 +23,11 @@ from genlab.preflight import DATA_DECIDES, check_train_config
 from genlab.signatures import target_parameters
 from genlab.train import CONFIG_DIR, check_evaluation_counts, data_shape_kwargs, eval_callbacks, training_callbacks
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 # --- the command line -----------------------------------------------------------------------------------------
 def run(entry: str, tmp_path: Path, *overrides: str, full_error: str = "0") -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, entry, *overrides, f"paths.root_dir={tmp_path}"],
-        cwd=ROOT,
-        env={**os.environ, "HYDRA_FULL_ERROR": full_error},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    command = [sys.executable, entry, *overrides, f"paths.root_dir={tmp_path}"]
+    return Started(command, {"HYDRA_FULL_ERROR": full_error}).result()
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, message: str, tmp_path: Path) -> None:
