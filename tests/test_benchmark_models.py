@@ -205,9 +205,10 @@ def test_a_tiny_benchmark_end_to_end(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(benchmark.subprocess, "run", train_once)
     weights = random_inception_weights(tmp_path)
     argv = ["--models", "gmm", "--seeds", "0", "1", "--minutes", "0.05", "--points", "2", "--long-minutes", "0.05"]
-    argv += ["--long-model", "gmm", "--long-points", "2", "--data", "synthetic", "--num-samples", "64"]
-    argv += ["--inception-weights", weights, "--inception-samples", "8", "--extra", "data.num_samples=160"]
-    argv += ["eval.batch_size=16"]  # for scoring only: InceptionV3 on the real side at 500 a batch took 2 GiB
+    argv += ["--long-model", "gmm", "--long-points", "2", "--data", "synthetic", "--num-samples", "32"]
+    argv += ["--inception-weights", weights, "--inception-samples", "8", "--extra", "data.num_samples=64"]
+    # for scoring only: InceptionV3 on the real side at 500 a batch took 2 GiB; the caches in the test's folder
+    argv += ["eval.batch_size=16", f"eval.cache_dir={tmp_path / 'cache'}"]
     benchmark.main([*argv, "--out", str(tmp_path / "out"), "--docs", str(tmp_path / "docs")])
     found = json.loads((tmp_path / "out" / "curves.json").read_text())
     rows = [(r["seed"], r["run"], r["point"]) for r in found["points"]]
