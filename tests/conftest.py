@@ -10,6 +10,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -20,6 +21,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+from genlab.data import MNISTDataModule
 from genlab.train import CONFIG_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -150,6 +152,31 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Started, Path]:
     run, and its paths.root_dir."""
     root = tmp_path_factory.mktemp("tiny-run")
     return train_py(root, *FAST, *TINY_MODELS["vae"], *(o.format(root=root) for o in UNLISTED)), root
+
+
+@dataclass
+class DomainOnDigits:
+    """The bundled digits' domain classifier, default recipe, as its first call trained it (`extractor`) into
+    `cache / "extractors"` (where an Evaluator with cache_dir=`cache` looks), and whether that call left the
+    global RNG as it found it."""
+
+    datamodule: MNISTDataModule
+    cache: Path
+    extractor: torch.nn.Module
+    rng_kept: bool
+
+
+@pytest.fixture(scope="session")
+def digits_domain(tmp_path_factory: pytest.TempPathFactory) -> DomainOnDigits:
+    """Trained once for the tests that need it (8 epochs on 4,500 digits, some 12 s on 2 cores)."""
+    from genlab.features import load_or_train_domain_extractor
+
+    root = tmp_path_factory.mktemp("digits-domain")
+    datamodule = MNISTDataModule(root=str(root / "data"), source="bundled")
+    torch.set_num_threads(2)  # session fixtures run before the autouse one below
+    rng = torch.get_rng_state()
+    extractor = load_or_train_domain_extractor(datamodule, root / "cache" / "extractors", progress=False)
+    return DomainOnDigits(datamodule, root / "cache", extractor, torch.equal(torch.get_rng_state(), rng))
 
 
 @pytest.fixture(autouse=True)
