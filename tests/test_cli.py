@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
 import pytest
 from conftest import FAST, TINY_MODELS, Started, train_py
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from genlab.models import load_model
+
+# The DDP run's evaluation: every default metric, random features, at the end of its one epoch.
+DDP_EVAL = ["eval=default", "eval/extractor=random", "eval.num_samples=64", "eval.batch_size=16"]
+DDP_EVAL += ["eval.kid_subsets=10", "eval.kid_subset_size=32", "eval.progress=false"]
 
 
 def run_train(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
@@ -17,7 +26,8 @@ def run_train(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
 def runs(tiny_run: tuple[Started, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Started, Path]]:
     """The module's successful runs, started together: the shared tiny run and a two-process DDP one."""
     root = tmp_path_factory.mktemp("ddp")
-    ddp = train_py(root, *FAST, *TINY_MODELS["vae"], "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2")
+    ddp = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", *DDP_EVAL]
+    ddp = train_py(root, *FAST, *TINY_MODELS["vae"], *ddp)
     yield {"tiny": tiny_run, "ddp": (ddp, root)}
     ddp.stop()
 
@@ -63,3 +73,24 @@ def test_ddp_on_two_cpu_processes(runs: dict[str, tuple[Started, Path]]) -> None
     (run,) = (root / "outputs" / "runs").glob("*/*_vae_synthetic")
     assert (run / "train_ddp_process_1.log").is_file()  # the second rank ran in the same run folder
     assert (run / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.slow
+def test_ddp_evaluation_gives_the_numbers_of_one_process(runs: dict[str, tuple[Started, Path]], tmp_path: Path) -> None:
+    """The DDP run's eval/* (two ranks sampling and extracting their shares) against its last checkpoint scored by
+    the same evaluation settings in this one process."""
+    started, root = runs["ddp"]
+    assert started.result().returncode == 0, started.result().stderr[-3000:]
+    (run,) = (root / "outputs" / "runs").glob("*/*_vae_synthetic")
+    two = {k: v for k, v in json.loads((run / "status.json").read_text())["metrics"].items() if k.startswith("eval/")}
+    assert {"eval/fid", "eval/is", "eval/kid", "eval/precision", "eval/coverage", "eval/copy_rate"} <= set(two)
+    cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
+    cfg.paths.output_dir = str(tmp_path)  # ${hydra:runtime.output_dir} resolves inside a run only
+    cfg.eval.cache_dir = None  # the real side is extracted again, in this process
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    model = load_model(run / "checkpoints" / "last.ckpt")
+    one = instantiate(cfg.eval).evaluator.evaluate(datamodule, "cpu", model=model).metrics
+    assert {f"eval/{k}" for k in one} == set(two)
+    for key, value in one.items():
+        assert two[f"eval/{key}"] == pytest.approx(value, rel=1e-5, abs=1e-6), key

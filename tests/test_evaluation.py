@@ -6,7 +6,6 @@ import csv
 import json
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 from conftest import compose_train
@@ -149,44 +148,6 @@ def test_samples_do_not_depend_on_batch_assignment() -> None:
     odd = sample_features(model, extractor, batches=[1, 3], **args)
     interleaved = FeatureSet.concat([even[0], odd[0], even[1], odd[1], even[2]])
     assert torch.equal(whole.features, interleaved.features)
-
-
-def validate_metrics(devices: int, tmp_path: Path) -> dict[str, float]:
-    L.seed_everything(0)
-    model = VAEModule(image_size=16, channels=[8, 16], latent_dim=4)
-    dm = SyntheticDataModule(num_samples=64, image_size=16, batch_size=16)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=devices,
-        strategy="ddp_spawn" if devices > 1 else "auto",
-        logger=False,
-        callbacks=[tiny_eval()],
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
-    (results,) = trainer.validate(model, datamodule=dm, verbose=False)
-    return {k: v for k, v in results.items() if k.startswith("eval/")}
-
-
-@pytest.mark.slow
-def test_two_process_ddp_gives_the_numbers_of_one_process(tmp_path: Path) -> None:
-    one = validate_metrics(1, tmp_path)
-    two = validate_metrics(2, tmp_path)
-    assert set(one) == {
-        "eval/fid",
-        "eval/is",
-        "eval/is_std",
-        "eval/kid",
-        "eval/kid_std",
-        "eval/precision",
-        "eval/recall",
-        "eval/density",
-        "eval/coverage",
-    }
-    assert one.keys() == two.keys()
-    for key in one:
-        assert two[key] == pytest.approx(one[key], rel=1e-5, abs=1e-6), key
 
 
 @pytest.mark.slow
