@@ -79,11 +79,11 @@ def model_choice(overrides: tuple[str, ...]) -> str:
     return choices[-1] if choices else "vae"
 
 
-def compose_train(run_dir: Path, *overrides: str, config_name: str = "train") -> DictConfig:
+def compose_train(run_dir: Path, *overrides: str, config_name: str = "train", tiny: bool = True) -> DictConfig:
     """The composed train.yaml (or another top config) with FAST overrides and the chosen model's TINY
-    overrides, then `overrides`, writing into `run_dir`."""
+    overrides (unless not `tiny`), then `overrides`, writing into `run_dir`."""
     GlobalHydra.instance().clear()
-    fast = [*FAST, *TINY_MODELS[model_choice(overrides)]] if config_name == "train" else []
+    fast = [*FAST, *TINY_MODELS[model_choice(overrides)]] if config_name == "train" and tiny else []
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name=config_name, return_hydra_config=True, overrides=[*fast, *overrides])
     with open_dict(cfg):
