@@ -9,6 +9,7 @@ The subprocess tests run `train.py` as a user does; the test callbacks they add 
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import os
@@ -99,11 +100,16 @@ class Stopped:
     def marker(self) -> Path:
         return self.root.parent / "sampling"  # written by conftest.StallEvalSampling
 
-    def resume(self, args: list[str]) -> None:
-        """Keep a copy of the stopped run's folder, then start `args`, the command that resumes it."""
+    def keep(self) -> bool:
+        """Copy the stopped run's folder to `at_stop`; False if there is not exactly one."""
         folders = list((self.root / "outputs" / "runs").glob("*/*_vae_synthetic"))
         if len(folders) == 1:
             self.at_stop = shutil.copytree(folders[0], self.root.parent / "at-stop")
+        return self.at_stop is not None
+
+    def resume(self, args: list[str]) -> None:
+        """Keep a copy of the stopped run's folder, then start `args`, the command that resumes it."""
+        if self.keep():
             self.resumed = start(args)
 
 
@@ -136,10 +142,11 @@ class Runs:
     """The runs of this module's subprocess tests. The three that are stopped start together and are resumed
     together, and the two references train in this process while they import (51 s to 32 s on 2 cores):
     - `killed`: the MID_EPOCH run, SIGKILLed at step 7, then resumed; `whole`: its reference, start to end;
-    - `sigint`: two epochs with an evaluation each, stopped by Ctrl-C in epoch 0's evaluation, then resumed;
-      `evaluated`: its reference;
-    - `sigterm`: one epoch under a root with spaces (the resume command must survive the shell), stopped by
-      SIGTERM in its evaluation, then resumed with the command it printed."""
+    - `sigint`: two epochs with an evaluation each under a root with spaces (the resume command must survive the
+      shell), stopped by Ctrl-C in epoch 0's evaluation, then resumed with the command it printed; `evaluated`:
+      its reference;
+    - `sigterm`: one epoch, stopped by SIGTERM in its evaluation; not resumed (its command is the same code's as
+      the Ctrl-C run's, which is)."""
 
     killed: Stopped
     sigint: Stopped
@@ -154,15 +161,15 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
     killer = ["+callbacks.killer._target_=conftest.KillAt", "+callbacks.killer.step=7"]
     root = folder("killed") / "root"
     killed = Stopped(root, start(command(root, *MID_EPOCH, *killer)))
-    sigint = stalled(folder("sigint") / "stopped", signal.SIGINT, "trainer.max_epochs=2")
-    sigterm = stalled(folder("sigterm") / "a root with spaces", signal.SIGTERM)
+    sigint = stalled(folder("sigint") / "a root with spaces", signal.SIGINT, "trainer.max_epochs=2")
+    sigterm = stalled(folder("sigterm") / "stopped", signal.SIGTERM)
     whole = train_here(folder("whole") / "run", *MID_EPOCH)
     evaluated = train_here(folder("evaluated") / "run", *EVAL, "trainer.max_epochs=2")
     signal_when_sampling([sigint, sigterm])
-    for stopped in (sigint, sigterm):
-        statuses = [json.loads(p.read_text()) for p in stopped.root.glob("outputs/runs/*/*_vae_synthetic/status.json")]
-        if stopped.took is not None and len(statuses) == 1 and "resume" in statuses[0]:
-            stopped.resume([sys.executable, *shlex.split(statuses[0]["resume"])[1:]])  # the command it printed
+    statuses = [json.loads(p.read_text()) for p in sigint.root.glob("outputs/runs/*/*_vae_synthetic/status.json")]
+    if sigint.took is not None and len(statuses) == 1 and "resume" in statuses[0]:
+        sigint.resume([sys.executable, *shlex.split(statuses[0]["resume"])[1:]])  # the command it printed
+    sigterm.keep()
     killed.first.result()
     folders = list((killed.root / "outputs" / "runs").glob("*/*_vae_synthetic"))
     if len(folders) == 1:
@@ -222,26 +229,29 @@ def check_stopped(stopped: Stopped) -> tuple[Path, dict]:
 
 
 @pytest.mark.slow
-def test_sigterm_during_evaluation_stops_the_run_within_seconds_and_its_command_resumes(runs: Runs) -> None:
+def test_sigterm_during_evaluation_stops_the_run_within_seconds_with_the_command_that_resumes_it(runs: Runs) -> None:
     folder, status = check_stopped(runs.sigterm)
     resume = shlex.split(status["resume"])
     assert resume[:2] == ["python", "train.py"] and f"ckpt_path={folder}" in resume
-    assert runs.sigterm.resumed.process.args == [sys.executable, *resume[1:]]  # the command as printed
-
-    succeeded(runs.sigterm.resumed)
-    assert run_folder(runs.sigterm.root) == folder
-    status = json.loads((folder / "status.json").read_text())
-    assert status["status"] == "completed" and status["resumed_from"].endswith("on_exception.ckpt")
-    assert {"val/loss", "eval/fid"} <= set(status["metrics"])  # the interrupted validation and evaluation ran again
-    assert status["best_fid"] == status["metrics"]["eval/fid"]
 
 
 @pytest.mark.slow
 def test_ctrl_c_during_evaluation_stops_the_run_and_it_resumes_to_the_uninterrupted_weights(runs: Runs) -> None:
     """Stopped by Ctrl-C in epoch 0's evaluation (within seconds), resumed for epoch 1: the validation runs again
-    from the generators' state at its start, so epoch 1 trains exactly as in a run that never stopped."""
-    folder, _ = check_stopped(runs.sigint)
+    from the generators' state at its start, so epoch 1 trains exactly as in a run that never stopped. Its root
+    has spaces: the command it printed, run as printed, must survive the shell."""
+    folder, status = check_stopped(runs.sigint)
+    resume = shlex.split(status["resume"])
+    assert resume[:2] == ["python", "train.py"] and f"ckpt_path={folder}" in resume and " " in str(folder)
+    assert runs.sigint.resumed.process.args == [sys.executable, *resume[1:]]  # the command as printed
     succeeded(runs.sigint.resumed)
+    assert run_folder(runs.sigint.root) == folder
+    status = json.loads((folder / "status.json").read_text())
+    assert status["status"] == "completed" and status["resumed_from"].endswith("on_exception.ckpt")
+    assert {"val/loss", "eval/fid"} <= set(status["metrics"])  # the interrupted validation and evaluation ran again
+    with open(folder / "csv" / "metrics.csv") as f:
+        fids = [float(row["eval/fid"]) for row in csv.DictReader(f) if row.get("eval/fid")]
+    assert len(fids) == 2 and status["best_fid"] == pytest.approx(min(fids))  # epoch 0's evaluation, then 1's
     resumed = load(folder / "checkpoints" / "last.ckpt")
     uninterrupted = load(runs.evaluated / "checkpoints" / "last.ckpt")
     assert resumed["global_step"] == uninterrupted["global_step"] and resumed["epoch"] == 1
