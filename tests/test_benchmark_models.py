@@ -165,6 +165,7 @@ class Stubs:
     fail_after = -1
 
 
+@pytest.mark.slow  # three rounds of tables and plots: over a second
 def test_a_second_run_trains_and_scores_only_what_is_missing(tmp_path: Path, monkeypatch) -> None:
     stubs = Stubs(monkeypatch)
     argv = ["--models", "gmm", "gan", "--seeds", "0", "--points", "3", "--long-minutes", "0", "--out", str(tmp_path)]

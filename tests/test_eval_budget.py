@@ -27,6 +27,7 @@ def budget(family: str) -> dict:
     return OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "eval" / "budget" / f"{family}.yaml"))
 
 
+@pytest.mark.slow  # composes every family's config: over a second
 def test_every_family_has_a_budget_that_the_composed_config_uses() -> None:
     for family in FAMILIES:
         chosen = budget(family)

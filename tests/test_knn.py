@@ -122,6 +122,7 @@ def zero_margin(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- hit counts
+@pytest.mark.slow  # exact rational arithmetic in Python: 2 to 4 s
 @pytest.mark.parametrize(("norm", "d"), [(1e3, 6), (1.0, 12)])
 def test_counts_equal_exact_rational_arithmetic(monkeypatch: pytest.MonkeyPatch, norm: float, d: int) -> None:
     """Duplicates, copies of neighbours (exactly on a radius) and points 1e-9 of a radius away: every count exact,
@@ -208,6 +209,7 @@ def test_radius_is_the_kth_of_neighbours_closer_together_than_float32_resolves(n
     torch.testing.assert_close(radii, shell[:, 0] * (1 + 2e-8), rtol=1e-12, atol=0)
 
 
+@pytest.mark.slow
 def test_near_copies_closer_than_float64_resolves_are_settled_around_a_local_centre(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
