@@ -10,7 +10,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -21,10 +20,15 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from genlab.data import MNISTDataModule
 from genlab.train import CONFIG_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# The torch threads of each test process: pytest-xdist's workers (pyproject's addopts: two) share the 2 cores, one
+# thread each; more threads than cores makes OpenMP's waiting threads spin against each other (measured: a
+# training test 12 s alone, 91 s with two workers of 2 threads). The processes the tests start get the same.
+THREADS = max(1, 2 // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+
 
 FAST = [
     "data=synthetic",
@@ -110,7 +114,7 @@ class Started:
 
     def __init__(self, args: list[str], env: dict[str, str] | None = None, timeout: float = 300) -> None:
         self.out, self.err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")  # noqa: SIM115 (as long as the run)
-        env = {**os.environ, "HYDRA_FULL_ERROR": "0", **(env or {})}
+        env = {**os.environ, "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": str(THREADS), **(env or {})}
         self.process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=self.out, stderr=self.err, text=True)
         self.timeout, self.done = timeout, None
 
@@ -154,34 +158,9 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Started, Path]:
     return train_py(root, *FAST, *TINY_MODELS["vae"], *(o.format(root=root) for o in UNLISTED)), root
 
 
-@dataclass
-class DomainOnDigits:
-    """The bundled digits' domain classifier, default recipe, as its first call trained it (`extractor`) into
-    `cache / "extractors"` (where an Evaluator with cache_dir=`cache` looks), and whether that call left the
-    global RNG as it found it."""
-
-    datamodule: MNISTDataModule
-    cache: Path
-    extractor: torch.nn.Module
-    rng_kept: bool
-
-
-@pytest.fixture(scope="session")
-def digits_domain(tmp_path_factory: pytest.TempPathFactory) -> DomainOnDigits:
-    """Trained once for the tests that need it (8 epochs on 4,500 digits, some 12 s on 2 cores)."""
-    from genlab.features import load_or_train_domain_extractor
-
-    root = tmp_path_factory.mktemp("digits-domain")
-    datamodule = MNISTDataModule(root=str(root / "data"), source="bundled")
-    torch.set_num_threads(2)  # session fixtures run before the autouse one below
-    rng = torch.get_rng_state()
-    extractor = load_or_train_domain_extractor(datamodule, root / "cache" / "extractors", progress=False)
-    return DomainOnDigits(datamodule, root / "cache", extractor, torch.equal(torch.get_rng_state(), rng))
-
-
 @pytest.fixture(autouse=True)
 def _small_torch() -> None:
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
 
 
 MEMORY_LIMIT_KIB = 1 << 20  # no test allocates more than 1 GiB (in the test process; its own processes aside)

@@ -7,11 +7,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import FAST, TINY_MODELS, Started, train_py
+from conftest import FAST, TINY_MODELS, UNLISTED, Started, train_py
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from genlab.models import load_model
+from genlab.signatures import target_parameters
+from genlab.train import CONFIG_DIR
 
 # The DDP run's evaluation: every default metric, random features, at the end of its one epoch.
 DDP_EVAL = ["eval=default", "eval/extractor=random", "eval.num_samples=64", "eval.batch_size=16"]
@@ -45,6 +47,23 @@ def test_train_py_writes_a_run_folder(runs: dict[str, tuple[Started, Path]]) -> 
     assert printed.count("Seed set to 42") == 1, printed[:2000]  # each log line once (Lightning's were twice)
     assert printed.index(f"run folder: {run}") < printed.index("Seed set to 42")  # named first
     assert "Seed set to 42" in (run / "train.log").read_text()
+
+
+@pytest.mark.slow
+def test_parameter_that_the_yaml_does_not_list_is_set_without_plus(tiny_run: tuple[Started, Path]) -> None:
+    trainer_yaml = OmegaConf.load(CONFIG_DIR / "trainer" / "default.yaml")
+    unlisted = set(target_parameters(trainer_yaml._target_).defaults) - set(trainer_yaml)
+    data_yaml = OmegaConf.load(CONFIG_DIR / "data" / "synthetic.yaml")
+    assert "gradient_clip_val" in unlisted and "root" not in data_yaml  # data.root: a base class's parameter
+    started, root = tiny_run  # a run of train.py with the UNLISTED settings
+    assert {o.format(root=root) for o in UNLISTED} == {"trainer.gradient_clip_val=1.0", f"data.root={root}"}
+    assert {o.format(root=root) for o in UNLISTED} <= set(started.process.args)
+    result = started.result()
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = (root / "outputs" / "runs").glob("*/*_vae_synthetic")
+    saved = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    assert saved.trainer.gradient_clip_val == 1.0 and saved.data.root == str(root)
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
 
 
 @pytest.mark.parametrize(

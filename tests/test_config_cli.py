@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import UNLISTED, Started, compose_train
+from conftest import Started, compose_train
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
@@ -53,23 +53,6 @@ def test_train_config_error_is_one_line_and_leaves_no_run_folder(overrides, mess
     assert_one_line_error(result, message, tmp_path)
     if "channels" not in overrides[-1]:
         assert result.stderr.strip() == result.stderr.strip().splitlines()[0]  # nothing else printed at all
-
-
-@pytest.mark.slow
-def test_parameter_that_the_yaml_does_not_list_is_set_without_plus(tiny_run: tuple[Started, Path]) -> None:
-    trainer_yaml = OmegaConf.load(CONFIG_DIR / "trainer" / "default.yaml")
-    unlisted = set(target_parameters(trainer_yaml._target_).defaults) - set(trainer_yaml)
-    data_yaml = OmegaConf.load(CONFIG_DIR / "data" / "synthetic.yaml")
-    assert "gradient_clip_val" in unlisted and "root" not in data_yaml  # data.root: a base class's parameter
-    started, root = tiny_run  # a run of train.py with the UNLISTED settings
-    assert {o.format(root=root) for o in UNLISTED} == {"trainer.gradient_clip_val=1.0", f"data.root={root}"}
-    assert {o.format(root=root) for o in UNLISTED} <= set(started.process.args)
-    result = started.result()
-    assert result.returncode == 0, result.stderr[-3000:]
-    (run_dir,) = (root / "outputs" / "runs").glob("*/*_vae_synthetic")
-    saved = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
-    assert saved.trainer.gradient_clip_val == 1.0 and saved.data.root == str(root)
-    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
 
 
 @pytest.mark.slow

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAST, TINY_MODELS, Started, compose_train
+from conftest import FAST, THREADS, TINY_MODELS, Started, compose_train
 from hydra.core.global_hydra import GlobalHydra
 
 from genlab.callbacks import DivergedError
@@ -57,7 +57,6 @@ def command(root: Path, *overrides: str) -> list[str]:
 
 def start(args: list[str]) -> Started:
     env = {"PYTHONPATH": os.pathsep.join([str(TESTS), str(ROOT / "src")])}
-    env["OMP_NUM_THREADS"] = "2"  # the threads of train_here's runs: equal weights need the same reductions
     return Started(args, env, timeout=120)
 
 
@@ -77,7 +76,7 @@ def tree(folder: Path) -> dict[str, bytes]:
 def train_here(folder: Path, *overrides: str) -> Path:
     """The run of command(root, *overrides) trained in this process into `folder`: the reference runs that are
     never interrupted need no process of their own (a `train.py` process costs some 9 s of imports)."""
-    torch.set_num_threads(2)  # as in the tests' processes (module fixtures run before conftest's autouse one)
+    torch.set_num_threads(THREADS)  # as the processes' OMP_NUM_THREADS (Started): equal weights need equal reductions
     train(compose_train(folder, *overrides))
     GlobalHydra.instance().clear()
     return folder

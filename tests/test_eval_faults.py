@@ -60,7 +60,8 @@ def test_out_of_memory_while_sampling_is_retried_with_half_the_batch(caplog) -> 
     plain = evaluator(8).evaluate(dm, "cpu", model=StubModel())  # as if the batch size had been 8 from the start
     assert len(retried.fake) == 48 and torch.equal(retried.fake.labels, torch.arange(48) % 4)
     assert torch.equal(retried.fake.features, plain.fake.features)
-    assert retried.metrics == plain.metrics
+    # the same samples; the real side was extracted in batches of 16 and of 8, equal to float32 rounding
+    assert retried.metrics == pytest.approx(plain.metrics, rel=1e-6)
 
 
 def test_out_of_memory_while_extracting_is_retried_down_to_one_then_raised(monkeypatch, caplog) -> None:

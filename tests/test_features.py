@@ -17,13 +17,13 @@ from urllib.error import URLError
 import numpy as np
 import pytest
 import torch
-from conftest import DomainOnDigits
+from conftest import THREADS
 from PIL import Image
 from torch import Tensor, nn
 from torch_fidelity import feature_extractor_inceptionv3 as tf_inception
 from torchvision.utils import save_image
 
-from genlab.data import SyntheticDataModule
+from genlab.data import MNISTDataModule, SyntheticDataModule
 from genlab.features import (
     RandomProjectionExtractor,
     atomic_save,
@@ -58,7 +58,7 @@ def inception(inception_weights: str) -> InceptionExtractor:
 def grey_outputs(inception: InceptionExtractor) -> tuple[Tensor, Tensor, Tensor]:
     """(grey images (2, 1, 32, 32), their features, their logits): one CPU forward (~3 s), shared."""
     grey = images(2, 1, 32)
-    torch.set_num_threads(2)  # module fixtures run before conftest's autouse one
+    torch.set_num_threads(THREADS)  # module fixtures run before conftest's autouse one
     return grey, *inception(grey)
 
 
@@ -273,13 +273,15 @@ def test_inception_on_gpu_matches_cpu_and_runs_tf32_and_bf16(inception_weights: 
 
 
 @pytest.mark.slow
-def test_domain_classifier_reaches_95_percent_and_loads_from_cache(digits_domain: DomainOnDigits) -> None:
-    first, dm, folder = digits_domain.extractor, digits_domain.datamodule, digits_domain.cache / "extractors"
-    assert digits_domain.rng_kept  # training left the global RNG alone
+def test_domain_classifier_reaches_95_percent_and_loads_from_cache(tmp_path: Path) -> None:
+    dm = MNISTDataModule(root=str(tmp_path / "data"), source="bundled")
+    rng = torch.get_rng_state()
+    first = load_or_train_domain_extractor(dm, tmp_path / "cache", progress=False)
+    assert torch.equal(torch.get_rng_state(), rng)  # training left the global RNG alone
     assert first.trained and first.val_accuracy >= 0.95  # held out: the 500 validation digits
-    (cached,) = folder.glob("domain-mnist-1x28x28-*.pt")
+    (cached,) = (tmp_path / "cache").glob("domain-mnist-1x28x28-*.pt")
     mtime = cached.stat().st_mtime_ns
-    second = load_or_train_domain_extractor(dm, folder, progress=False)
+    second = load_or_train_domain_extractor(dm, tmp_path / "cache", progress=False)
     assert not second.trained and cached.stat().st_mtime_ns == mtime
     assert second.val_accuracy == first.val_accuracy and second.weights_hash() == first.weights_hash()
     x = dm.val_set.images[:8].float() / 255
