@@ -24,7 +24,7 @@ from genlab.train import CONFIG_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# The torch threads of each test process: pytest-xdist's workers (pyproject's addopts: two) share the 2 cores, one
+# The torch threads of each test process: pytest-xdist's workers (the README's `-n 2`) share the 2 cores, one
 # thread each; more threads than cores makes OpenMP's waiting threads spin against each other (measured: a
 # training test 12 s alone, 91 s with two workers of 2 threads). The processes the tests start get the same.
 THREADS = max(1, 2 // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
